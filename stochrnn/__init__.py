@@ -1,0 +1,45 @@
+"""stochrnn: pluggable parts for hierarchical stochastic RNNs in PyTorch.
+
+Gradient estimators for discrete neurons, hierarchical multiscale LSTM cells
+(HM-RNN) and attention pooling, built to be swapped into one another.
+
+>>> import torch, stochrnn
+>>> est = stochrnn.GumbelSoftmax(temperature=0.3)
+>>> est(torch.zeros(2, 5)).value.sum(-1)
+tensor([1., 1.])
+"""
+
+from .estimators import (
+    AdaptiveTemperature,
+    AnnealedTemperature,
+    Baseline,
+    ConstantTemperature,
+    Estimator,
+    GumbelSigmoid,
+    GumbelSoftmax,
+    LearnedTemperature,
+    MovingAverageBaseline,
+    Reinforce,
+    Sample,
+    StraightThrough,
+    Temperature,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdaptiveTemperature",
+    "AnnealedTemperature",
+    "Baseline",
+    "ConstantTemperature",
+    "Estimator",
+    "GumbelSigmoid",
+    "GumbelSoftmax",
+    "LearnedTemperature",
+    "MovingAverageBaseline",
+    "Reinforce",
+    "Sample",
+    "StraightThrough",
+    "Temperature",
+    "__version__",
+]

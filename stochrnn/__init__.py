@@ -9,6 +9,14 @@ Gradient estimators for discrete neurons, hierarchical multiscale LSTM cells
 tensor([1., 1.])
 """
 
+from .attention import (
+    AttentionOutput,
+    GumbelSoftmaxAttention,
+    HardAttention,
+    ReinforceAttention,
+    SoftAttention,
+    doubly_stochastic_penalty,
+)
 from .estimators import (
     AdaptiveTemperature,
     AnnealedTemperature,
@@ -30,16 +38,22 @@ __version__ = "0.1.0"
 __all__ = [
     "AdaptiveTemperature",
     "AnnealedTemperature",
+    "AttentionOutput",
     "Baseline",
     "ConstantTemperature",
     "Estimator",
     "GumbelSigmoid",
     "GumbelSoftmax",
+    "GumbelSoftmaxAttention",
+    "HardAttention",
     "LearnedTemperature",
     "MovingAverageBaseline",
     "Reinforce",
+    "ReinforceAttention",
     "Sample",
+    "SoftAttention",
     "StraightThrough",
     "Temperature",
     "__version__",
+    "doubly_stochastic_penalty",
 ]

@@ -24,7 +24,7 @@ from typing import ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Categorical, Distribution, OneHotCategorical
+from torch.distributions import Bernoulli, Distribution, OneHotCategorical
 
 from . import functional as F
 
@@ -223,7 +223,7 @@ def as_temperature(temperature: TemperatureLike) -> Temperature:
     """A :class:`Temperature` from a float (constant) or a temperature module."""
     if isinstance(temperature, Temperature):
         return temperature
-    return ConstantTemperature(temperature)  # type: ignore[arg-type]
+    return ConstantTemperature(temperature)
 
 
 # --------------------------------------------------------------------------- baselines

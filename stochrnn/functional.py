@@ -197,7 +197,9 @@ def gumbel_softmax(
 
 
 def binary_log_prob(logits: Tensor, value: Tensor) -> Tensor:
-    r"""``log Bernoulli(value; sigmoid(logits))`` in logit space: :math:`v a - \operatorname{softplus}(a)`.
+    r"""``log Bernoulli(value; sigmoid(logits))`` in logit space.
+
+    .. math:: \log p(v) = v\,a - \operatorname{softplus}(a)
 
     Examples
     --------

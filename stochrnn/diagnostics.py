@@ -194,7 +194,10 @@ class GradientReport:
 
     @property
     def z(self) -> Tensor:
-        return self.bias / self.std_error.clamp_min(1e-12)
+        """``bias / std_error``; infinite where estimates never vary yet miss the exact value."""
+        se, bias = self.std_error, self.bias
+        certain = torch.where(bias == 0, torch.zeros_like(bias), torch.full_like(bias, math.inf))
+        return torch.where(se > 0, bias / se.clamp_min(1e-300), certain)
 
     @property
     def max_abs_z(self) -> float:

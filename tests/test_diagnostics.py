@@ -72,3 +72,18 @@ def test_too_large_problems_and_bad_arguments_are_refused() -> None:
         estimate_gradients(GumbelSigmoid(), torch.zeros(2), lambda z: z.sum(-1), 0)
     with pytest.raises(ValueError, match="rewards of shape"):
         exact_gradient(torch.zeros(2), lambda z: z, "binary")
+
+
+def test_estimator_demo_table_separates_biased_from_unbiased(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from examples.estimator_demo import main
+
+    main(["--samples", "4000", "--seed", "1"])
+    table = {
+        line.split("|")[1].strip(): float(line.split("|")[4])
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| ") and not line.startswith("| estimator")
+    }
+    assert table["Reinforce()"] < 4 and table["Reinforce(categorical=False)"] < 4
+    assert table["GumbelSigmoid(1.0)"] > 4 and table["StraightThrough()"] > 4

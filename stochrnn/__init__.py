@@ -32,10 +32,12 @@ from .estimators import (
     StraightThrough,
     Temperature,
 )
+from .hmrnn import HMRNN, HMLSTMCell, HMRNNOutput, HMRNNState
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "HMRNN",
     "AdaptiveTemperature",
     "AnnealedTemperature",
     "AttentionOutput",
@@ -45,6 +47,9 @@ __all__ = [
     "GumbelSigmoid",
     "GumbelSoftmax",
     "GumbelSoftmaxAttention",
+    "HMLSTMCell",
+    "HMRNNOutput",
+    "HMRNNState",
     "HardAttention",
     "LearnedTemperature",
     "MovingAverageBaseline",

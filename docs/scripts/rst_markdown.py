@@ -1,0 +1,116 @@
+"""Rewrite the reST markup of numpydoc docstrings as the Markdown that mkdocstrings renders.
+
+stochrnn's docstrings follow numpydoc, which borrows Sphinx's reST markup; mkdocstrings
+renders docstrings as Markdown. :func:`rest_to_markdown` rewrites:
+
+- ``:class:`Name``` (and ``:meth:``, ``:func:``, ``:attr:``, ``:mod:``, ``:data:``,
+  ``:exc:``, ``:obj:``; ``~`` shortens the label) into an optional cross-reference when
+  ``resolve(name)`` gives a path, into inline code otherwise;
+- ``:math:`x``` into inline math ``\\(x\\)`` and the ``.. math::`` directive into a
+  ``$$`` block (``pymdownx.arithmatex`` syntax);
+- reST simple tables (rules of ``=``) into Markdown tables;
+- a paragraph ending in ``::`` (reST's literal-block marker) into one ending in ``:``.
+
+Pure text functions with no dependency, so that tests/test_docs.py can check them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+ROLE = re.compile(r":(?:class|meth|func|attr|mod|data|exc|obj):`(~?)([\w.]+)(?:\(\))?`")
+INLINE_MATH = re.compile(r":math:`([^`]+)`")
+MATH_DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]*(?P<inline>.*)$")
+LITERAL_MARKER = re.compile(r"(?<=\S)::$", re.MULTILINE)
+TABLE_RULE = re.compile(r"^[ \t]*=+(?: +=+)+[ \t]*$")
+
+#: Gives the full path of a name seen from the docstring, or None if it is not documented.
+Resolver = Callable[[str], "str | None"]
+
+
+def rest_to_markdown(text: str, resolve: Resolver) -> str:
+    """All the rewrites of the module docstring, in an order that keeps them apart."""
+    text = convert_simple_tables(convert_math_directives(text))
+    text = INLINE_MATH.sub(lambda m: rf"\({m[1]}\)", text)
+    text = ROLE.sub(lambda m: reference(m[2], short=bool(m[1]), resolve=resolve), text)
+    return LITERAL_MARKER.sub(":", text)
+
+
+def reference(name: str, *, short: bool, resolve: Resolver) -> str:
+    """An optional autoref to ``name`` if it resolves, else inline code.
+
+    Optional: an object that exists but is documented on no page (a private base class,
+    an undocumented constant) renders as plain code instead of failing the build.
+    """
+    label = name.rsplit(".", 1)[-1] if short else name
+    path = resolve(name)
+    if path is None:
+        return f"`{label}`"
+    return f'<autoref identifier="{path}" optional><code>{label}</code></autoref>'
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def convert_math_directives(text: str) -> str:
+    """Replace every ``.. math::`` directive (inline or indented body) by a ``$$`` block."""
+    lines = text.splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        match = MATH_DIRECTIVE.match(lines[i])
+        if match is None:
+            out.append(lines[i])
+            i += 1
+            continue
+        indent = match["indent"]
+        body = [match["inline"].strip()]
+        i += 1
+        while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > len(indent)):
+            body.append(lines[i].strip())
+            i += 1
+        tex = " ".join(part for part in body if part)
+        out.extend(["", f"{indent}$$", f"{indent}{tex}", f"{indent}$$", ""])
+    return "\n".join(out)
+
+
+def _table_rows(lines: list[str], starts: list[int]) -> list[list[str]]:
+    """Cells of a simple table's lines; a line with an empty first cell continues the last row."""
+    rows: list[list[str]] = []
+    for line in lines:
+        cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+        if rows and not cells[0]:
+            rows[-1] = [f"{old} {new}".strip() for old, new in zip(rows[-1], cells, strict=True)]
+        elif any(cells):
+            rows.append(cells)
+    return rows
+
+
+def convert_simple_tables(text: str) -> str:
+    """Replace every reST simple table (a header between two rules of ``=``, then the body
+    and a closing rule) by a Markdown table; columns empty in every row are dropped."""
+    lines = text.splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        rules = [j for j in range(i, len(lines)) if TABLE_RULE.match(lines[j])][:3]
+        if len(rules) < 3 or rules[0] != i:
+            out.append(lines[i])
+            i += 1
+            continue
+        first, middle, last = rules
+        indent = lines[first][: _indent(lines[first])]
+        starts = [m.start() for m in re.finditer(r"=+", lines[first])]
+        header = _table_rows(lines[first + 1 : middle], starts)
+        body = _table_rows(lines[middle + 1 : last], starts)
+        used = [c for c in range(len(starts)) if any(row[c] for row in header + body)]
+        table = [[row[c] for c in used] for row in header[:1] + body]
+        out.append("")
+        out.append(indent + "| " + " | ".join(table[0]) + " |")
+        out.append(indent + "|" + " --- |" * len(used))
+        out.extend(indent + "| " + " | ".join(row) + " |" for row in table[1:])
+        out.append("")
+        i = last + 1
+    return "\n".join(out)

@@ -1,0 +1,289 @@
+"""A synthetic action dataset in feature space, with the structure HM-AN is about.
+
+Each frame is a ``K × K`` grid of regions with a ``D``-dimensional feature
+each, like a ResNet feature map. A video shows one actor performing its class's
+ordered sequence of *sub-actions*; each sub-action lasts a random number of
+frames and is a fixed pattern (a "primitive") appearing in that primitive's own
+region (its "home"), so the place to look moves as the action goes on.
+*Distractors* -- background actors performing random sub-actions in other
+regions -- and Gaussian noise cover the rest of the frame. Classes come in
+pairs with the same sub-actions in opposite orders, so a model must read the
+order, not only which patterns occur::
+
+    class "p0>p1>p2":  [p0 at home(p0)] x 6..14 frames, [p1 at home(p1)] x ..., [p2 ...]
+    class "p2>p1>p0":  the same patterns, reversed
+    every frame:       + distractor patterns in other regions + noise
+
+What a model should learn: attention on the current sub-action's home region
+(pooling every region mixes in the distractors), and boundaries where one
+sub-action gives way to the next. The generator writes a features directory
+through :func:`~examples.action_recognition.features.save_features` and
+:func:`~examples.action_recognition.features.write_index`, so training reads it
+exactly like real data, plus ``synthetic.json`` with the ground truth that the
+evaluation uses to score attention and boundaries (:func:`read_ground_truth`).
+
+Examples
+--------
+>>> import tempfile
+>>> d = tempfile.mkdtemp()
+>>> spec = SyntheticSpec(videos_per_class=2, feature_dim=8)
+>>> truth = generate(d, spec)
+>>> len(truth.videos) == 2 * spec.num_classes, read_ground_truth(d) == truth
+(True, True)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from .features import VideoEntry, feature_file, save_features, write_index
+
+__all__ = [
+    "GROUND_TRUTH_NAME",
+    "GroundTruth",
+    "Segment",
+    "SyntheticSpec",
+    "VideoTruth",
+    "generate",
+    "read_ground_truth",
+]
+
+GROUND_TRUTH_NAME = "synthetic.json"
+DATASET_NAME = "synthetic_actions"
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """The knobs of the synthetic dataset.
+
+    Attributes
+    ----------
+    grid:
+        ``K``: frames have ``K × K`` regions (7 as ResNet-152 at 224 px).
+    feature_dim:
+        ``D``, features per region.
+    num_primitives:
+        Distinct sub-action patterns, each with its own home region.
+    subactions_per_class:
+        Length of each class's sub-action sequence.
+    num_classes:
+        Even: classes come in pairs of one sequence and its reverse.
+    videos_per_class:
+        Videos per class; ``test_fraction`` of them go to the test split.
+    min_len, max_len:
+        Frames per sub-action, drawn uniformly in ``[min_len, max_len]``.
+    num_distractors:
+        Background actors per video, each in its own non-home region.
+    signal, noise:
+        Norm of a pattern, and standard deviation of the noise per feature.
+    test_fraction:
+        Share of each class's videos in the test split (the rest train).
+    seed:
+        Seed of everything (patterns, homes, classes, videos, split).
+    """
+
+    grid: int = 7
+    feature_dim: int = 32
+    num_primitives: int = 4
+    subactions_per_class: int = 3
+    num_classes: int = 8
+    videos_per_class: int = 30
+    min_len: int = 6
+    max_len: int = 14
+    num_distractors: int = 6
+    signal: float = 3.0
+    noise: float = 0.5
+    test_fraction: float = 0.25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        regions = self.grid * self.grid
+        if self.num_classes % 2 or self.num_classes < 2:
+            raise ValueError(f"num_classes must be even and >= 2, got {self.num_classes}")
+        if self.subactions_per_class < 2 or self.subactions_per_class > self.num_primitives:
+            raise ValueError(
+                f"subactions_per_class must be in 2..num_primitives={self.num_primitives}, "
+                f"got {self.subactions_per_class}"
+            )
+        pairs = len(_forward_sequences(self))
+        if self.num_classes // 2 > pairs:
+            raise ValueError(
+                f"num_classes={self.num_classes} needs {self.num_classes // 2} pairs of reversed "
+                f"sequences, but {self.num_primitives} primitives give only {pairs}"
+            )
+        if self.num_primitives + self.num_distractors > regions:
+            raise ValueError(
+                f"num_primitives + num_distractors = {self.num_primitives + self.num_distractors} "
+                f"exceeds the {regions} regions"
+            )
+        if not 1 <= self.min_len <= self.max_len:
+            raise ValueError(f"need 1 <= min_len <= max_len, got {self.min_len}, {self.max_len}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+
+    @property
+    def num_regions(self) -> int:
+        """``K × K``."""
+        return self.grid * self.grid
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One sub-action of a video: frames ``[start, stop)`` show ``primitive`` at ``region``."""
+
+    start: int
+    stop: int
+    primitive: int
+    region: int
+
+
+@dataclass(frozen=True)
+class VideoTruth:
+    """The actor's segments of one video."""
+
+    segments: tuple[Segment, ...]
+
+    @property
+    def changes(self) -> list[int]:
+        """Frames where a new sub-action starts (frame 0 excluded)."""
+        return [s.start for s in self.segments[1:]]
+
+    def target_regions(self) -> npt.NDArray[np.int64]:
+        """``(frames,)``: the region holding the actor's pattern at each frame."""
+        return np.concatenate(
+            [np.full(s.stop - s.start, s.region, dtype=np.int64) for s in self.segments]
+        )
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """Contents of ``synthetic.json``: the spec, the homes, the classes' sequences, the videos."""
+
+    spec: SyntheticSpec
+    home_regions: tuple[int, ...]
+    sequences: tuple[tuple[int, ...], ...]
+    videos: dict[str, VideoTruth]
+
+
+def _forward_sequences(spec: SyntheticSpec) -> list[tuple[int, ...]]:
+    """Every ordered choice of sub-actions, one of each pair ``(s, reversed(s))``."""
+    orders = itertools.permutations(range(spec.num_primitives), spec.subactions_per_class)
+    return [order for order in orders if order < order[::-1]]
+
+
+def _class_sequences(spec: SyntheticSpec, rng: np.random.Generator) -> list[tuple[int, ...]]:
+    """``num_classes`` sequences: random pairs of one sequence and its reverse."""
+    forward = _forward_sequences(spec)
+    chosen = [forward[i] for i in rng.permutation(len(forward))[: spec.num_classes // 2]]
+    return [s for f in chosen for s in (f, f[::-1])]
+
+
+def _segments(
+    primitives: list[int], home: list[int] | int, spec: SyntheticSpec, rng: np.random.Generator
+) -> list[Segment]:
+    segments, start = [], 0
+    for primitive in primitives:
+        length = int(rng.integers(spec.min_len, spec.max_len + 1))
+        region = home[primitive] if isinstance(home, list) else home
+        segments.append(Segment(start, start + length, primitive, region))
+        start += length
+    return segments
+
+
+def _render(
+    frames: int,
+    actors: list[list[Segment]],
+    patterns: npt.NDArray[np.float64],
+    spec: SyntheticSpec,
+    rng: np.random.Generator,
+) -> npt.NDArray[np.float32]:
+    video = rng.normal(0.0, spec.noise, size=(frames, spec.num_regions, spec.feature_dim))
+    for segments in actors:
+        for s in segments:
+            stop = min(s.stop, frames)
+            video[s.start : stop, s.region] += patterns[s.primitive]
+    return video.astype(np.float32)
+
+
+def generate(out_dir: str | os.PathLike[str], spec: SyntheticSpec | None = None) -> GroundTruth:
+    """Write the synthetic dataset to ``out_dir`` (a features directory) and return its truth.
+
+    Split ``"1"`` holds every video, ``test_fraction`` of each class as
+    ``"test"`` and the rest as ``"train"``. Deterministic given ``spec.seed``.
+    """
+    spec = SyntheticSpec() if spec is None else spec
+    rng = np.random.default_rng(spec.seed)
+    out = Path(out_dir)
+    patterns = rng.normal(size=(spec.num_primitives, spec.feature_dim))
+    patterns *= spec.signal / np.linalg.norm(patterns, axis=1, keepdims=True)
+    home = [int(r) for r in rng.choice(spec.num_regions, spec.num_primitives, replace=False)]
+    others = np.setdiff1d(np.arange(spec.num_regions), home)
+    sequences = _class_sequences(spec, rng)
+    classes = [">".join(f"p{p}" for p in sequence) for sequence in sequences]
+    num_test = max(1, round(spec.test_fraction * spec.videos_per_class))
+    entries: list[VideoEntry] = []
+    truths: dict[str, VideoTruth] = {}
+    for label, sequence in enumerate(sequences):
+        test = set(rng.choice(spec.videos_per_class, num_test, replace=False).tolist())
+        for n in range(spec.videos_per_class):
+            video_id = f"{classes[label]}/v{n:03d}"
+            actor = _segments(list(sequence), home, spec, rng)
+            frames = actor[-1].stop
+            background = []
+            for region in rng.choice(others, spec.num_distractors, replace=False):
+                count = -(-frames // spec.min_len)
+                randoms = [int(p) for p in rng.integers(0, spec.num_primitives, count)]
+                background.append(_segments(randoms, int(region), spec, rng))
+            save_features(
+                out / feature_file(video_id),
+                _render(frames, [actor, *background], patterns, spec, rng),
+            )
+            role = "test" if n in test else "train"
+            entries.append(
+                VideoEntry(
+                    video_id, label, classes[label], feature_file(video_id), frames, {"1": role}
+                )
+            )
+            truths[video_id] = VideoTruth(tuple(actor))
+    truth = GroundTruth(spec, tuple(home), tuple(sequences), truths)
+    _write_ground_truth(out, truth)
+    write_index(out, DATASET_NAME, classes, entries, (spec.num_regions, spec.feature_dim))
+    return truth
+
+
+def _write_ground_truth(out: Path, truth: GroundTruth) -> None:
+    document = {
+        "spec": asdict(truth.spec),
+        "home_regions": list(truth.home_regions),
+        "sequences": [list(s) for s in truth.sequences],
+        "videos": {
+            video_id: [asdict(s) for s in v.segments] for video_id, v in truth.videos.items()
+        },
+    }
+    tmp = out / f".{GROUND_TRUTH_NAME}.tmp"
+    tmp.write_text(json.dumps(document, indent=1) + "\n")
+    os.replace(tmp, out / GROUND_TRUTH_NAME)
+
+
+def read_ground_truth(features_dir: str | os.PathLike[str]) -> GroundTruth | None:
+    """The truth written by :func:`generate`, or ``None`` for a directory without it."""
+    path = Path(features_dir) / GROUND_TRUTH_NAME
+    if not path.is_file():
+        return None
+    document = json.loads(path.read_text())
+    return GroundTruth(
+        spec=SyntheticSpec(**document["spec"]),
+        home_regions=tuple(document["home_regions"]),
+        sequences=tuple(tuple(s) for s in document["sequences"]),
+        videos={
+            video_id: VideoTruth(tuple(Segment(**s) for s in segments))
+            for video_id, segments in document["videos"].items()
+        },
+    )

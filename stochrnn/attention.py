@@ -225,9 +225,10 @@ class _Attention(nn.Module):
 
     def _flatten(self, features: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
         """``(R, N, D)`` and ``(R, Q)``, where ``R`` is ``B`` or ``B·T``."""
+        rows = features.shape[:-2].numel()
         return (
-            features.reshape(-1, self.num_regions, features.shape[-1]),
-            query.reshape(-1, self.query_size),
+            features.reshape(rows, self.num_regions, features.shape[-1]),
+            query.reshape(rows, self.query_size),
         )
 
     def _check_inputs(self, features: Tensor, query: Tensor) -> None:

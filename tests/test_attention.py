@@ -128,6 +128,17 @@ def test_hard_attention_keeps_a_low_precision_dtype(kind: str, dtype: torch.dtyp
     assert torch.equal(out.context, features[torch.arange(4), out.weights.argmax(-1)])
 
 
+@pytest.mark.parametrize("kind", ["soft", "gumbel", "reinforce"])
+def test_empty_batch_gives_empty_outputs(kind: str) -> None:
+    att = SoftAttention(4, 9) if kind == "soft" else HARD_FACTORIES[kind](4, 9)
+    out = att(torch.randn(0, 3, 9, 5), torch.randn(0, 3, 4))
+    assert (out.context.shape, out.weights.shape, out.log_prob.shape) == (
+        (0, 3, 5),
+        (0, 3, 9),
+        (0, 3),
+    )
+
+
 # --------------------------------------------------------------------------- batch of frames
 
 

@@ -33,6 +33,10 @@ The scores :math:`a_i` over the regions come from one of two scorings:
 named forms. Every attention has ``surrogate_loss(log_prob, reward)``, which
 delegates to its estimator (exactly 0 for soft and Gumbel attention), so a
 training loop adds it for every part without asking which one it holds.
+
+The attentions run under ``torch.compile`` without graph breaks; a
+``generator=`` argument (for reproducible draws) is not traceable by dynamo and
+breaks the graph there, so leave it out of compiled code.
 """
 
 from __future__ import annotations

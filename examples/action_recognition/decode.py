@@ -245,11 +245,16 @@ def _video_loaders(path: Path) -> Iterator[ImageLoader]:
 
 
 def _loaders(path: Path) -> Iterator[ImageLoader]:
-    if path.is_dir():
-        return _folder_loaders(path)
-    if path.suffix.lower() == ".seq":
-        return _seq_loaders(path)
-    return _video_loaders(path)
+    """One loader per frame of ``path``; an unreadable input raises :class:`DecodeError`."""
+    try:
+        if path.is_dir():
+            yield from _folder_loaders(path)
+        elif path.suffix.lower() == ".seq":
+            yield from _seq_loaders(path)
+        else:
+            yield from _video_loaders(path)
+    except OSError as error:
+        raise DecodeError(f"{path}: {error}") from error
 
 
 def count_frames(path: str | Path) -> int:
@@ -283,13 +288,13 @@ def read_frames(
     sampling = sampling or FrameSampling()
     wanted = sampling.select(count_frames(path) if sampling.needs_count else None)
     kept = 0
-    try:
-        for index, load in enumerate(_loaders(path)):
-            if index in wanted:
+    for index, load in enumerate(_loaders(path)):
+        if index in wanted:
+            try:
                 image = load().convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-                kept += 1
-                yield np.asarray(image)
-    except OSError as error:
-        raise DecodeError(f"{path}: {error}") from error
+            except OSError as error:
+                raise DecodeError(f"{path}: frame {index}: {error}") from error
+            kept += 1
+            yield np.asarray(image)
     if kept == 0:
         raise DecodeError(f"{path}: no frames")

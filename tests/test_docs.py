@@ -51,6 +51,12 @@ def test_math_directive_with_indented_body_becomes_one_block() -> None:
     assert convert_math_directives(text) == "Intro.\n\n\n$$\ny = a,\\qquad z = b\n$$\n\nAfter."
 
 
+def test_math_directive_with_aligned_rows_becomes_a_split_environment() -> None:
+    text = ".. math::\n    c &= a \\\\\n    h &= b"
+    expected = "\n$$\n\\begin{split}\nc &= a \\\\\nh &= b\n\\end{split}\n$$\n"
+    assert convert_math_directives(text) == expected
+
+
 def test_inline_math_directive_keeps_its_indent() -> None:
     assert convert_math_directives("  .. math:: a = b") == "\n  $$\n  a = b\n  $$\n"
 

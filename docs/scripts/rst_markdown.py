@@ -55,7 +55,11 @@ def _indent(line: str) -> int:
 
 
 def convert_math_directives(text: str) -> str:
-    """Replace every ``.. math::`` directive (inline or indented body) by a ``$$`` block."""
+    """Replace every ``.. math::`` directive (inline or indented body) by a ``$$`` block.
+
+    A body with alignment (``&``) or line breaks (``\\\\``) becomes a ``split``
+    environment, as in Sphinx; any other body is joined into one line.
+    """
     lines = text.splitlines()
     out: list[str] = []
     i = 0
@@ -71,8 +75,13 @@ def convert_math_directives(text: str) -> str:
         while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > len(indent)):
             body.append(lines[i].strip())
             i += 1
-        tex = " ".join(part for part in body if part)
-        out.extend(["", f"{indent}$$", f"{indent}{tex}", f"{indent}$$", ""])
+        lines_of_tex = [part for part in body if part]
+        if any("&" in part or part.endswith("\\\\") for part in lines_of_tex):
+            # Aligned rows, as Sphinx renders them: one split environment.
+            lines_of_tex = ["\\begin{split}", *lines_of_tex, "\\end{split}"]
+        else:
+            lines_of_tex = [" ".join(lines_of_tex)]
+        out.extend(["", f"{indent}$$", *(indent + tex for tex in lines_of_tex), f"{indent}$$", ""])
     return "\n".join(out)
 
 

@@ -33,12 +33,12 @@ from stochrnn.attention import AdditiveScore, LocationScore
 Factory = Callable[..., HardAttention]
 
 HARD_FACTORIES: dict[str, Factory] = {
-    "default": lambda q, n, **kw: HardAttention(q, n, **kw),
-    "gumbel": lambda q, n, **kw: GumbelSoftmaxAttention(q, n, **kw),
+    "default": HardAttention,
+    "gumbel": GumbelSoftmaxAttention,
     "gumbel-adaptive": lambda q, n, **kw: GumbelSoftmaxAttention(
         q, n, temperature=AdaptiveTemperature(q), **kw
     ),
-    "reinforce": lambda q, n, **kw: ReinforceAttention(q, n, **kw),
+    "reinforce": ReinforceAttention,
 }
 
 

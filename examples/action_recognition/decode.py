@@ -87,7 +87,7 @@ class FrameSampling:
         if kind == "all" and not value:
             return cls()
         if kind in ("stride", "uniform") and value.isdigit() and int(value) >= 1:
-            return cls(kind, int(value))  # type: ignore[arg-type]
+            return cls("stride" if kind == "stride" else "uniform", int(value))
         raise ValueError(
             f"expected frames 'all', 'stride:K' or 'uniform:N' (K, N >= 1), got {spec!r}"
         )

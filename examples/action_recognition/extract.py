@@ -94,7 +94,9 @@ class _VideoChunks(IterableDataset[_Chunk]):
     """Decoded frames of the work list, chunk by chunk; DataLoader workers take every k-th video."""
 
     def __init__(self, paths: Sequence[Path], sampling: FrameSampling, batch_size: int) -> None:
-        self.paths, self.sampling, self.batch_size = list(paths), sampling, batch_size
+        self.paths = list(paths)
+        self.sampling = sampling
+        self.batch_size = batch_size
 
     def __iter__(self) -> Iterator[_Chunk]:
         worker = get_worker_info()
@@ -239,7 +241,7 @@ def extract(
         listing.name, len(mine), *shard, len(done), len(work), len(listing.problems),
     )  # fmt: skip
     chunks = _VideoChunks([v.path for v in work], sampling or FrameSampling(), batch_size)
-    loader = DataLoader(chunks, batch_size=None, num_workers=workers)
+    loader = DataLoader(chunks, batch_size=None, num_workers=min(workers, len(work)))
     pending: dict[int, list[np.ndarray]] = {}
     failures: dict[str, str] = {}
     frames = videos = 0

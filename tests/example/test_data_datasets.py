@@ -46,6 +46,18 @@ def test_hmdb51_reports_videos_missing_from_some_split(tmp_path):
     }
 
 
+def test_hmdb51_labels_do_not_shift_when_a_class_folder_is_missing(tmp_path):
+    touch(tmp_path / "root" / "b" / "y.avi")
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "a_test_split1.txt").write_text("x.avi 1\n")
+    (splits / "b_test_split1.txt").write_text("y.avi 2\n")
+    listing = hmdb51.list_videos(tmp_path / "root", splits)
+    assert listing.classes == ["a", "b"]
+    assert [(v.id, v.label) for v in listing.videos] == [("b/y", 1)]
+    assert list(listing.problems) == ["a/x"]
+
+
 def test_hmdb51_bad_split_line_names_file_and_line(tmp_path):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "a_test_split1.txt").write_text("x.avi 1\nx.avi 3\n")

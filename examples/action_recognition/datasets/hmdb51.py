@@ -12,7 +12,9 @@ line: ``<video>.avi <tag>`` with tag 1 = train, 2 = test, 0 = unused (extra
 whitespace is ignored). Class names may contain underscores (``brush_hair``);
 the file name is matched as ``(.+)_test_split(\\d+)\\.txt``.
 
-Labels are the sorted class folder names. A video is listed only if it is on
+Labels index the sorted class names -- those of the split files and of the
+folders holding videos -- so they do not shift when a class folder is
+missing. A video is listed only if it is on
 disk *and* named in every split's file for its class; the others go to
 ``problems``: listed but missing (``"listed in <file> but not found under
 <root>"``), or on disk but not listed in some split (a class folder that no
@@ -75,16 +77,14 @@ def list_videos(root: Path, splits: Path | None = None) -> DatasetListing:
     splits_dir = root / DEFAULT_SPLITS_DIR if splits is None else splits
     roles = read_split_files(splits_dir)
     split_ids = sorted({s for r in roles.values() for s in r}, key=int)
-    class_dirs = sorted(
-        p for p in root.iterdir() if p.is_dir() and p.resolve() != splits_dir.resolve()
-    )
-    classes = [p.name for p in class_dirs]
     on_disk = {
         (d.name, f.name): f
-        for d in class_dirs
+        for d in root.iterdir()
+        if d.is_dir()
         for f in d.iterdir()
         if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES
     }
+    classes = sorted({c for c, _ in on_disk} | {c for c, _ in roles})
     videos: list[VideoSource] = []
     problems: dict[str, str] = {}
     for key in sorted(on_disk.keys() | roles.keys()):

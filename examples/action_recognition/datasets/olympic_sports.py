@@ -5,8 +5,9 @@ Layout accepted (``root`` holds the class folders)::
     root/<class>/<clip>.seq      Norpix SEQ of JPEG frames (the original release), or
     root/<class>/<clip>.avi      a converted video (any of VIDEO_SUFFIXES); a .seq wins
 
-A class folder is any folder of ``root`` holding at least one clip. The
-official lists, in ``splits`` (default: ``root``), in either of two forms:
+A class folder is any folder of ``root`` holding at least one clip; labels
+index the sorted classes of the folders and of the lists. The official lists
+are read from ``splits`` (default: ``root``) in either of two forms:
 
 * ``train.txt`` and ``test.txt``, one clip per line as ``<class>/<clip>``;
 * ``train/<class>.txt`` and ``test/<class>.txt``, one clip per line as
@@ -97,7 +98,7 @@ def list_videos(root: Path, splits: Path | None = None) -> DatasetListing:
     """
     roles, problems = read_split_lists(root if splits is None else splits)
     clips = _clips(root)
-    classes = sorted({i.split("/", 1)[0] for i in clips})
+    classes = sorted({i.split("/", 1)[0] for i in clips.keys() | roles.keys()})
     videos: list[VideoSource] = []
     for video_id in sorted(clips.keys() | roles.keys() | problems.keys()):
         if video_id in problems:

@@ -11,7 +11,8 @@ Viewpoint folders merge into their class (``Golf-Swing-Back``,
 a viewpoint only when it is exactly ``-Front``, ``-Side`` or ``-Back``, so
 ``Swing-SideAngle`` stays a class). Other files and subfolders of ``NNN/``
 (e.g. ``gt/`` annotations) are ignored; a ``NNN/`` with neither image frames
-nor a video file goes to ``problems``.
+nor a video file goes to ``problems``. Labels index the sorted classes of the
+folders and of the split file.
 
 The dataset has no official split; the paper draws 75 % train / 25 % test at
 random. :func:`draw_split` draws it stratified by class with a seeded numpy
@@ -29,7 +30,9 @@ the file but not on disk, go to ``problems``.
 from __future__ import annotations
 
 import math
+import os
 import re
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -100,15 +103,17 @@ def draw_split(
 
 
 def write_split_file(path: Path, split: Mapping[str, str], seed: int) -> None:
-    """Write ``split`` in the format of the module docstring, sorted by id."""
+    """Write ``split`` in the format of the module docstring, sorted by id (temp file + rename)."""
     lines = [
         f"# UCF Sports {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%} split, stratified, seed {seed}"
     ]
     lines += [f"{video_id} {split[video_id]}" for video_id in sorted(split)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", delete=False
+    ) as tmp:
+        tmp.write("\n".join(lines) + "\n")
+    os.replace(tmp.name, path)
 
 
 def read_split_file(path: Path) -> dict[str, str]:
@@ -158,7 +163,7 @@ def list_videos(root: Path, splits: Path | None = None, seed: int = 0) -> Datase
     if not splits.exists():
         write_split_file(splits, draw_split({i: c for i, (c, _) in sources.items()}, seed), seed)
     split = read_split_file(splits)
-    classes = sorted({c for c, _ in sources.values()})
+    classes = sorted({c for c, _ in sources.values()} | {class_of(i.split("/")[0]) for i in split})
     videos: list[VideoSource] = []
     for video_id in sorted(sources.keys() | split.keys()):
         if video_id not in sources:

@@ -1,14 +1,18 @@
-"""The documentation stays true: its code runs, and its docstring rewriting is right.
+"""The documentation stays true: its code runs, its commands exist, its rewriting is right.
 
 Each page's ```python blocks run in order in one namespace (a page reads as one
 session), from a temporary directory, with torch's global seed fixed: a page that
-shows a renamed or removed API fails here before it misleads a reader. The
-reST-to-Markdown rewriting of docs/scripts/rst_markdown.py (used by the API reference)
-is checked on the constructs the docstrings use.
+shows a renamed or removed API fails here before it misleads a reader. Every option
+that a page's ```bash blocks pass to a ``python -m examples.…`` command must be in that
+command's ``--help``. The reST-to-Markdown rewriting of docs/scripts/rst_markdown.py
+(used by the API reference) is checked on the constructs the docstrings use.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import re
 from pathlib import Path
 
@@ -24,6 +28,24 @@ from docs.scripts.rst_markdown import (
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 PAGES = sorted(page for page in DOCS.rglob("*.md") if PYTHON_BLOCK.search(page.read_text()))
+BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+MODULE_COMMAND = re.compile(r"-m (examples\.[\w.]+)(.*)")
+
+
+def documented_commands() -> list[tuple[str, str, list[str]]]:
+    """(page, module, options) of every ``-m examples.…`` command in the pages' bash blocks."""
+    found = []
+    for page in sorted(DOCS.rglob("*.md")):
+        for block in BASH_BLOCK.findall(page.read_text()):
+            for line in block.replace("\\\n", " ").splitlines():
+                match = MODULE_COMMAND.search(line)
+                if match:
+                    options = re.findall(r"(?<!\S)(--[a-z][\w-]*)", match[2])
+                    found.append((str(page.relative_to(DOCS)), match[1], options))
+    return found
+
+
+COMMANDS = documented_commands()
 
 
 def test_pages_with_code_are_found() -> None:
@@ -40,6 +62,22 @@ def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
         line = text.count("\n", 0, block.start(1))  # so a traceback names the page's line
         code = compile("\n" * line + block[1], str(page), "exec")
         exec(code, namespace)
+
+
+def test_documented_commands_are_found() -> None:
+    assert any(module.endswith(".train") for _, module, _ in COMMANDS)
+
+
+@pytest.mark.parametrize(
+    ("page", "module", "options"), COMMANDS, ids=[f"{p}:{m}" for p, m, _ in COMMANDS]
+)
+def test_documented_options_exist(page: str, module: str, options: list[str]) -> None:
+    help_text = io.StringIO()
+    with contextlib.redirect_stdout(help_text), pytest.raises(SystemExit):
+        importlib.import_module(module).main(["--help"])
+    known = set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", help_text.getvalue()))
+    unknown = [option for option in options if option not in known]
+    assert not unknown, f"{page}: {module} has no option {unknown}"
 
 
 def no_resolve(name: str) -> str | None:

@@ -198,7 +198,8 @@ def main() -> None:
     setup = {
         "command": "PYTHONPATH=. python benchmarks/extraction_throughput.py "
         + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"load average {os.getloadavg()[0]:.1f}",
         "device": device_slug(device),
         "backbone": args.backbone,
         "feature_shape": list(encoder.feature_shape),

@@ -137,7 +137,8 @@ def main() -> None:
         "batch_size": args.batch_size,
         "epochs": args.epochs,
         "clip_mb": clip_mb,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"load average {os.getloadavg()[0]:.1f}",
         "device": device_slug(),
     }
     if args.no_save:

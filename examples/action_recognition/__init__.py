@@ -2,6 +2,9 @@
 
 Data side: :mod:`.datasets` (HMDB51, UCF Sports, Olympic Sports layouts and
 splits), :mod:`.decode` (video files, JPEG frame folders, Norpix SEQ),
-:mod:`.backbones` and :mod:`.extract` (per-frame ResNet-152 features) and
-:mod:`.features` (the features directory format and the clip dataset).
+:mod:`.backbones` and :mod:`.extract` (per-frame ResNet-152 features, the
+``python -m examples.action_recognition.extract`` CLI) and :mod:`.features`
+(the features directory format and :class:`~.features.ClipDataset`). The
+model, training, evaluation and synthetic data are in the other modules of
+this package.
 """

@@ -44,7 +44,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,30 +118,13 @@ class _VideoChunks(IterableDataset[_Chunk]):
         yield _Chunk(position, np.stack(buffer) if buffer else None, last=True)
 
 
-class _Progress(Protocol):
-    def update(self, n: int = 1) -> object: ...
-    def set_postfix_str(self, s: str = "", refresh: bool = True) -> object: ...
-    def close(self) -> object: ...
-
-
-class _NoProgress:
-    def update(self, n: int = 1) -> None:
-        """Nothing to show."""
-
-    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
-        """Nothing to show."""
-
-    def close(self) -> None:
-        """Nothing to close."""
-
-
-def _progress(total: int, enabled: bool) -> _Progress:
+def _progress_bar(total: int, enabled: bool) -> Any:
+    """A tqdm bar (tqdm imported only here), or None when disabled."""
     if not enabled:
-        return _NoProgress()
+        return None
     from tqdm import tqdm
 
-    bar: _Progress = tqdm(total=total, unit="video", desc="extract", dynamic_ncols=True)
-    return bar
+    return tqdm(total=total, unit="video", desc="extract", dynamic_ncols=True)
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -246,7 +229,7 @@ def extract(
     failures: dict[str, str] = {}
     frames = videos = 0
     started = time.perf_counter()
-    bar = _progress(len(work), progress)
+    bar = _progress_bar(len(work), progress)
     for chunk in loader:
         video = work[chunk.position]
         if chunk.error is not None:
@@ -257,16 +240,16 @@ def extract(
             parts = pending.setdefault(chunk.position, [])
             if chunk.frames is not None:
                 parts.append(encoder(chunk.frames))
-                frames += len(chunk.frames)
             if chunk.last:
-                save_features(
-                    out_dir / feature_file(video.id), np.concatenate(pending.pop(chunk.position))
-                )
+                features = np.concatenate(pending.pop(chunk.position))
+                save_features(out_dir / feature_file(video.id), features)
                 videos += 1
-        if chunk.last:
+                frames += len(features)
+        if chunk.last and bar is not None:
             bar.update(1)
             bar.set_postfix_str(f"{frames / (time.perf_counter() - started):.0f} frames/s")
-    bar.close()
+    if bar is not None:
+        bar.close()
     seconds = time.perf_counter() - started
     rebuild_outputs(out_dir, listing, encoder.feature_shape, {v.id for v in work}, failures)
     log.info(

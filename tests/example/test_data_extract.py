@@ -134,12 +134,13 @@ def test_module_entry_point_runs(ucf_sports_layout, tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "examples.action_recognition.extract"]
     command += ["--dataset", "ucf_sports", "--root", str(ucf_sports_layout.root), "--out", str(out)]
-    command += ["--backbone", "tiny", "--workers", "0", "--no-progress"]
+    command += ["--backbone", "tiny", "--workers", "0"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert len(read_index(out).videos) == len(ucf_sports_layout.frames)
     assert (out / extract.UCF_SPLIT_NAME).is_file()
+    assert "extract: 100%" in result.stderr  # the tqdm bar
 
 
 def test_resnet152_without_torchvision_says_what_to_install(monkeypatch):

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from docs.scripts.rst_markdown import (
+    convert_definition_lists,
     convert_math_directives,
     convert_simple_tables,
     rest_to_markdown,
@@ -112,6 +113,18 @@ def test_simple_table_becomes_markdown_and_drops_empty_columns() -> None:
     )
     expected = "\n| name | shape |\n| --- | --- |\n| x | (B,) |\n| y | (B, T) |\n"
     assert convert_simple_tables(table) == expected
+
+
+def test_definition_list_becomes_markdown_but_numpydoc_sections_stay() -> None:
+    text = (
+        "Checks:\n\n``shapes``\n    kept,\n    all\n``values``\n    0/1\n\n"
+        "Parameters\n---\nx:\n    a\n"
+    )
+    expected = (
+        "Checks:\n\n``shapes``\n:   kept,\n    all\n\n``values``\n:   0/1\n\n\n"
+        "Parameters\n---\nx:\n    a"
+    )
+    assert convert_definition_lists(text) == expected
 
 
 def test_roles_become_optional_references_or_code() -> None:

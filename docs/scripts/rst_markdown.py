@@ -9,6 +9,8 @@ renders docstrings as Markdown. :func:`rest_to_markdown` rewrites:
 - ``:math:`x``` into inline math ``\\(x\\)`` and the ``.. math::`` directive into a
   ``$$`` block (``pymdownx.arithmatex`` syntax);
 - reST simple tables (rules of ``=``) into Markdown tables;
+- reST definition lists (a term, then its indented definition) in the description before
+  the first numpydoc section into Markdown definition lists (the ``def_list`` extension);
 - a paragraph ending in ``::`` (reST's literal-block marker) into one ending in ``:``.
 
 Pure text functions with no dependency, so that tests/test_docs.py can check them.
@@ -24,6 +26,8 @@ INLINE_MATH = re.compile(r":math:`([^`]+)`")
 MATH_DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]*(?P<inline>.*)$")
 LITERAL_MARKER = re.compile(r"(?<=\S)::$", re.MULTILINE)
 TABLE_RULE = re.compile(r"^[ \t]*=+(?: +=+)+[ \t]*$")
+SECTION_RULE = re.compile(r"^-{3,}[ \t]*$")
+LIST_ITEM = re.compile(r"^(?:[-*+]|\d+[.)]|#\.)\s")
 
 #: Gives the full path of a name seen from the docstring, or None if it is not documented.
 Resolver = Callable[[str], "str | None"]
@@ -31,7 +35,7 @@ Resolver = Callable[[str], "str | None"]
 
 def rest_to_markdown(text: str, resolve: Resolver) -> str:
     """All the rewrites of the module docstring, in an order that keeps them apart."""
-    text = convert_simple_tables(convert_math_directives(text))
+    text = convert_definition_lists(convert_simple_tables(convert_math_directives(text)))
     text = INLINE_MATH.sub(lambda m: rf"\({m[1]}\)", text)
     text = ROLE.sub(lambda m: reference(m[2], short=bool(m[1]), resolve=resolve), text)
     return LITERAL_MARKER.sub(":", text)
@@ -83,6 +87,47 @@ def convert_math_directives(text: str) -> str:
             lines_of_tex = [" ".join(lines_of_tex)]
         out.extend(["", f"{indent}$$", *(indent + tex for tex in lines_of_tex), f"{indent}$$", ""])
     return "\n".join(out)
+
+
+def convert_definition_lists(text: str) -> str:
+    """Rewrite the reST definition lists of the description (the text before the first
+    numpydoc section, whose parameter lists look alike) as Markdown definition lists.
+
+    A term is an unindented line that follows a blank line or another definition and is
+    followed at once by indented lines, its definition.
+    """
+    lines = text.splitlines()
+    end = next(
+        (i - 1 for i in range(1, len(lines)) if SECTION_RULE.match(lines[i]) and lines[i - 1]),
+        len(lines),
+    )
+    out: list[str] = []
+    i = 0
+    after_break = True  # at the start, after a blank line, or after a definition
+    while i < end:
+        line = lines[i]
+        is_term = (
+            after_break
+            and line.strip() != ""
+            and _indent(line) == 0
+            and not LIST_ITEM.match(line)
+            and i + 1 < end
+            and lines[i + 1].strip() != ""
+            and _indent(lines[i + 1]) > 0
+        )
+        if not is_term:
+            out.append(line)
+            after_break = not line.strip()
+            i += 1
+            continue
+        body = []
+        i += 1
+        while i < end and lines[i].strip() and _indent(lines[i]) > 0:
+            body.append(lines[i].strip())
+            i += 1
+        out.extend([line, ":   " + body[0], *("    " + part for part in body[1:]), ""])
+        after_break = True
+    return "\n".join(out + lines[end:])
 
 
 def _table_rows(lines: list[str], starts: list[int]) -> list[list[str]]:

@@ -291,17 +291,20 @@ class Estimator(nn.Module):
     Subclasses set :attr:`family` (``"binary"`` or ``"categorical"``) and
     implement :meth:`sample`. :meth:`distribution` is the discrete distribution
     that the hard sample follows (``Bernoulli``/``OneHotCategorical`` of the
-    logits unless overridden); ``log_prob`` is taken under it. Input is validated
-    (NaN logits, a scalar for a categorical estimator) unless
-    ``validate_args=False``; validation costs one device sync and is skipped
-    under ``torch.compile``.
+    logits unless overridden); ``log_prob`` is taken under it.
+
+    ``validate_args`` checks the logits (NaN, a scalar for a categorical
+    estimator): ``None`` (default) checks tensors on the CPU only, where it is
+    cheap (on an accelerator the NaN check would wait for the device at every
+    call); ``True`` checks everywhere; ``False`` never. Checks are skipped under
+    ``torch.compile``.
     """
 
     family: ClassVar[Family] = "binary"
     #: ``True`` when the gradient flows through ``value`` (``surrogate_loss`` is 0).
     pathwise: ClassVar[bool] = True
 
-    def __init__(self, validate_args: bool = True) -> None:
+    def __init__(self, validate_args: bool | None = None) -> None:
         super().__init__()
         self.validate_args = validate_args
 
@@ -317,10 +320,16 @@ class Estimator(nn.Module):
         *,
         generator: torch.Generator | None = None,
     ) -> Sample:
-        if self.validate_args and not torch.compiler.is_compiling():
+        if self._should_validate(logits):
             self._validate(logits)
         value = self.sample(logits, context, generator=generator)
         return Sample(value, self.log_prob(logits, value))
+
+    def _should_validate(self, logits: Tensor) -> bool:
+        if self.validate_args is False or torch.compiler.is_compiling():
+            return False
+        on_cpu = not isinstance(logits, Tensor) or logits.device.type == "cpu"
+        return bool(self.validate_args) or on_cpu
 
     def sample(
         self,
@@ -379,7 +388,10 @@ class _Relaxed(Estimator):
     """Shared constructor of the Gumbel estimators."""
 
     def __init__(
-        self, temperature: TemperatureLike = 0.3, hard: bool = True, validate_args: bool = True
+        self,
+        temperature: TemperatureLike = 0.3,
+        hard: bool = True,
+        validate_args: bool | None = None,
     ) -> None:
         super().__init__(validate_args)
         self.temperature = as_temperature(temperature)
@@ -489,7 +501,7 @@ class StraightThrough(Estimator):
         stochastic: bool = False,
         slope_rate: float = 0.0,
         max_slope: float = 5.0,
-        validate_args: bool = True,
+        validate_args: bool | None = None,
     ) -> None:
         super().__init__(validate_args)
         self.initial_slope = _check_positive("slope", slope)
@@ -580,7 +592,7 @@ class Reinforce(Estimator):
         baseline: Baseline | None = None,
         weight: float = 1.0,
         categorical: bool = True,
-        validate_args: bool = True,
+        validate_args: bool | None = None,
     ) -> None:
         super().__init__(validate_args)
         self.baseline = MovingAverageBaseline(0.9) if baseline is None else baseline

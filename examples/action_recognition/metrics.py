@@ -153,25 +153,25 @@ def per_class_average_precision(scores: npt.ArrayLike, labels: npt.ArrayLike) ->
 
 
 def attention_on_target(weights: npt.ArrayLike, target: npt.ArrayLike) -> float:
-    """Mean attention weight on the region where the signal is.
+    """Mean attention weight on the regions where the signal is.
 
     Parameters
     ----------
     weights:
         ``(S, N)`` attention weights of ``S`` steps over ``N`` regions.
     target:
-        ``(S,)`` region index holding the signal at each step.
+        ``(S, N)`` booleans, True on the regions holding the signal at each step.
 
     Examples
     --------
-    >>> attention_on_target([[0.5, 0.5], [0.0, 1.0]], [0, 1])
-    0.75
+    >>> attention_on_target([[0.5, 0.25, 0.25], [0.0, 1.0, 0.0]], [[1, 1, 0], [0, 0, 1]])
+    0.375
     """
     w = np.asarray(weights, dtype=np.float64)
-    t = np.asarray(target, dtype=np.int64)
-    if w.ndim != 2 or t.shape != (w.shape[0],):
-        raise ValueError(f"expected weights (S, N) and target (S,), got {w.shape}, {t.shape}")
-    return float(np.mean(w[np.arange(t.size), t])) if t.size else float("nan")
+    t = np.asarray(target, dtype=bool)
+    if w.ndim != 2 or t.shape != w.shape:
+        raise ValueError(f"expected weights (S, N) and target (S, N), got {w.shape}, {t.shape}")
+    return float(np.mean((w * t).sum(axis=1))) if t.size else float("nan")
 
 
 @dataclass(frozen=True)

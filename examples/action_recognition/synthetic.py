@@ -3,18 +3,19 @@
 Each frame is a ``K × K`` grid of regions with a ``D``-dimensional feature
 each, like a ResNet feature map. A video shows one actor performing its class's
 ordered sequence of *sub-actions*; each sub-action lasts a random number of
-frames and is a fixed pattern (a "primitive") appearing in that primitive's own
-region (its "home"), so the place to look moves as the action goes on.
-*Distractors* -- background actors performing random sub-actions in other
-regions -- and Gaussian noise cover the rest of the frame. Classes come in
+frames and is a fixed pattern (a "primitive") filling that primitive's own
+``A × A`` square of regions (its "home"), so the place to look moves as the
+action goes on. *Distractors* -- small background actors performing random
+sub-actions, one region each, outside the homes -- and Gaussian noise cover
+the rest of the frame. Classes come in
 pairs with the same sub-actions in opposite orders, so a model must read the
 order, not only which patterns occur::
 
-    class "p0>p1>p2":  [p0 at home(p0)] x 6..14 frames, [p1 at home(p1)] x ..., [p2 ...]
+    class "p0>p1>p2":  [p0 at home(p0)] x 4..10 frames, [p1 at home(p1)] x ..., [p2 ...]
     class "p2>p1>p0":  the same patterns, reversed
     every frame:       + distractor patterns in other regions + noise
 
-What a model should learn: attention on the current sub-action's home region
+What a model should learn: attention on the current sub-action's home
 (pooling every region mixes in the distractors), and boundaries where one
 sub-action gives way to the next. The generator writes a features directory
 through :func:`~examples.action_recognition.features.save_features` and
@@ -70,7 +71,9 @@ class SyntheticSpec:
     feature_dim:
         ``D``, features per region.
     num_primitives:
-        Distinct sub-action patterns, each with its own home region.
+        Distinct sub-action patterns, each with its own home square.
+    actor_size:
+        ``A``: the actor fills an ``A × A`` square of regions.
     subactions_per_class:
         Length of each class's sub-action sequence.
     num_classes:
@@ -80,7 +83,7 @@ class SyntheticSpec:
     min_len, max_len:
         Frames per sub-action, drawn uniformly in ``[min_len, max_len]``.
     num_distractors:
-        Background actors per video, each in its own non-home region.
+        Background actors per video, each in its own region outside the homes.
     signal, noise:
         Norm of a pattern, and standard deviation of the noise per feature.
     test_fraction:
@@ -92,11 +95,12 @@ class SyntheticSpec:
     grid: int = 7
     feature_dim: int = 32
     num_primitives: int = 4
+    actor_size: int = 2
     subactions_per_class: int = 3
     num_classes: int = 8
     videos_per_class: int = 30
-    min_len: int = 6
-    max_len: int = 14
+    min_len: int = 4
+    max_len: int = 10
     num_distractors: int = 6
     signal: float = 3.0
     noise: float = 0.5
@@ -118,10 +122,14 @@ class SyntheticSpec:
                 f"num_classes={self.num_classes} needs {self.num_classes // 2} pairs of reversed "
                 f"sequences, but {self.num_primitives} primitives give only {pairs}"
             )
-        if self.num_primitives + self.num_distractors > regions:
+        if not 1 <= self.actor_size <= self.grid:
+            raise ValueError(f"actor_size must be in 1..grid={self.grid}, got {self.actor_size}")
+        used = self.num_primitives * self.actor_size**2 + self.num_distractors
+        if used > regions:
             raise ValueError(
-                f"num_primitives + num_distractors = {self.num_primitives + self.num_distractors} "
-                f"exceeds the {regions} regions"
+                f"{self.num_primitives} homes of {self.actor_size}x{self.actor_size} regions "
+                f"and {self.num_distractors} distractors need {used} regions, "
+                f"more than the {regions} of the grid"
             )
         if not 1 <= self.min_len <= self.max_len:
             raise ValueError(f"need 1 <= min_len <= max_len, got {self.min_len}, {self.max_len}")
@@ -136,12 +144,12 @@ class SyntheticSpec:
 
 @dataclass(frozen=True)
 class Segment:
-    """One sub-action of a video: frames ``[start, stop)`` show ``primitive`` at ``region``."""
+    """One sub-action of a video: frames ``[start, stop)`` show ``primitive`` in ``regions``."""
 
     start: int
     stop: int
     primitive: int
-    region: int
+    regions: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -155,11 +163,12 @@ class VideoTruth:
         """Frames where a new sub-action starts (frame 0 excluded)."""
         return [s.start for s in self.segments[1:]]
 
-    def target_regions(self) -> npt.NDArray[np.int64]:
-        """``(frames,)``: the region holding the actor's pattern at each frame."""
-        return np.concatenate(
-            [np.full(s.stop - s.start, s.region, dtype=np.int64) for s in self.segments]
-        )
+    def target_mask(self, num_regions: int) -> npt.NDArray[np.bool_]:
+        """``(frames, num_regions)``: True where the actor's pattern is, at each frame."""
+        mask = np.zeros((self.segments[-1].stop, num_regions), dtype=bool)
+        for s in self.segments:
+            mask[s.start : s.stop, list(s.regions)] = True
+        return mask
 
 
 @dataclass(frozen=True)
@@ -167,7 +176,7 @@ class GroundTruth:
     """Contents of ``synthetic.json``: the spec, the homes, the classes' sequences, the videos."""
 
     spec: SyntheticSpec
-    home_regions: tuple[int, ...]
+    home_regions: tuple[tuple[int, ...], ...]
     sequences: tuple[tuple[int, ...], ...]
     videos: dict[str, VideoTruth]
 
@@ -185,14 +194,36 @@ def _class_sequences(spec: SyntheticSpec, rng: np.random.Generator) -> list[tupl
     return [s for f in chosen for s in (f, f[::-1])]
 
 
+def _home_squares(spec: SyntheticSpec, rng: np.random.Generator) -> list[tuple[int, ...]]:
+    """One ``A × A`` square of regions per primitive, no two overlapping (drawn at random)."""
+    size, corners = spec.actor_size, spec.grid - spec.actor_size + 1
+    taken: set[int] = set()
+    squares: list[tuple[int, ...]] = []
+    for corner in rng.permutation(corners * corners):
+        row, col = divmod(int(corner), corners)
+        square = tuple((row + i) * spec.grid + col + j for i in range(size) for j in range(size))
+        if taken.isdisjoint(square):
+            squares.append(square)
+            taken.update(square)
+        if len(squares) == spec.num_primitives:
+            return squares
+    raise ValueError(
+        f"cannot place {spec.num_primitives} disjoint {size}x{size} homes on a "
+        f"{spec.grid}x{spec.grid} grid"
+    )
+
+
 def _segments(
-    primitives: list[int], home: list[int] | int, spec: SyntheticSpec, rng: np.random.Generator
+    primitives: list[int],
+    home: list[tuple[int, ...]] | int,
+    spec: SyntheticSpec,
+    rng: np.random.Generator,
 ) -> list[Segment]:
     segments, start = [], 0
     for primitive in primitives:
         length = int(rng.integers(spec.min_len, spec.max_len + 1))
-        region = home[primitive] if isinstance(home, list) else home
-        segments.append(Segment(start, start + length, primitive, region))
+        regions = home[primitive] if isinstance(home, list) else (home,)
+        segments.append(Segment(start, start + length, primitive, regions))
         start += length
     return segments
 
@@ -208,7 +239,7 @@ def _render(
     for segments in actors:
         for s in segments:
             stop = min(s.stop, frames)
-            video[s.start : stop, s.region] += patterns[s.primitive]
+            video[s.start : stop, list(s.regions)] += patterns[s.primitive]
     return video.astype(np.float32)
 
 
@@ -223,8 +254,8 @@ def generate(out_dir: str | os.PathLike[str], spec: SyntheticSpec | None = None)
     out = Path(out_dir)
     patterns = rng.normal(size=(spec.num_primitives, spec.feature_dim))
     patterns *= spec.signal / np.linalg.norm(patterns, axis=1, keepdims=True)
-    home = [int(r) for r in rng.choice(spec.num_regions, spec.num_primitives, replace=False)]
-    others = np.setdiff1d(np.arange(spec.num_regions), home)
+    home = _home_squares(spec, rng)
+    others = np.setdiff1d(np.arange(spec.num_regions), [r for square in home for r in square])
     sequences = _class_sequences(spec, rng)
     classes = [">".join(f"p{p}" for p in sequence) for sequence in sequences]
     num_test = max(1, round(spec.test_fraction * spec.videos_per_class))
@@ -261,7 +292,7 @@ def generate(out_dir: str | os.PathLike[str], spec: SyntheticSpec | None = None)
 def _write_ground_truth(out: Path, truth: GroundTruth) -> None:
     document = {
         "spec": asdict(truth.spec),
-        "home_regions": list(truth.home_regions),
+        "home_regions": [list(square) for square in truth.home_regions],
         "sequences": [list(s) for s in truth.sequences],
         "videos": {
             video_id: [asdict(s) for s in v.segments] for video_id, v in truth.videos.items()
@@ -280,10 +311,12 @@ def read_ground_truth(features_dir: str | os.PathLike[str]) -> GroundTruth | Non
     document = json.loads(path.read_text())
     return GroundTruth(
         spec=SyntheticSpec(**document["spec"]),
-        home_regions=tuple(document["home_regions"]),
+        home_regions=tuple(tuple(square) for square in document["home_regions"]),
         sequences=tuple(tuple(s) for s in document["sequences"]),
         videos={
-            video_id: VideoTruth(tuple(Segment(**s) for s in segments))
+            video_id: VideoTruth(
+                tuple(Segment(**{**s, "regions": tuple(s["regions"])}) for s in segments)
+            )
             for video_id, segments in document["videos"].items()
         },
     )

@@ -49,7 +49,7 @@ from stochrnn import (
     SoftAttention,
 )
 from stochrnn.attention import doubly_stochastic_penalty
-from stochrnn.estimators import TemperatureLike
+from stochrnn.estimators import Estimator, TemperatureLike
 
 from .config import Config
 
@@ -321,7 +321,20 @@ class SoftAttentionLSTM(ActionModel):
 
 
 def build_model(config: Config, num_classes: int, feature_shape: Sequence[int]) -> ActionModel:
-    """The model of ``config.variant`` for ``num_classes`` and frames of shape ``(N, D)``."""
+    """The model of ``config.variant`` for ``num_classes`` and frames of shape ``(N, D)``.
+
+    The estimators' own check of their logits is switched off: it would raise in
+    the middle of the forward pass, whereas the training loop stops on a
+    non-finite loss or gradient itself, keeping the last good checkpoint.
+    """
+    model = _build(config, num_classes, feature_shape)
+    for module in model.modules():
+        if isinstance(module, Estimator):
+            module.validate_args = False
+    return model
+
+
+def _build(config: Config, num_classes: int, feature_shape: Sequence[int]) -> ActionModel:
     model = config.model
     penalty = config.attention.penalty or 0.0
     attention = build_attention(config, model.hidden_size, feature_shape)

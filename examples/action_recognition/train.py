@@ -23,9 +23,10 @@ where the checkpoint stopped: the metrics of a resumed run equal those of an
 uninterrupted one. A resumed run may raise ``train.iterations`` (to train
 longer); any other change of the config is refused.
 
-If the loss (or, without a gradient scaler, the gradient norm) stops being
-finite, training stops with :class:`NonFiniteLossError` before the step, and
-the last checkpoint on disk -- the last good state -- is left as it was.
+If a batch's features, the loss or (without a gradient scaler) the gradient
+norm is not finite, training stops with :class:`NonFiniteError` before the
+step, and the last checkpoint on disk -- the last good state -- is left as it
+was.
 
 Under ``torchrun`` each process takes ``batch_size / world_size`` clips of
 every batch, the model is wrapped in DistributedDataParallel, and rank 0
@@ -64,7 +65,7 @@ __all__ = [
     "METRICS_NAME",
     "RUN_NAME",
     "EpochBatches",
-    "NonFiniteLossError",
+    "NonFiniteError",
     "RunInfo",
     "load_checkpoint",
     "main",
@@ -80,8 +81,8 @@ METRICS_NAME = "metrics.csv"
 RUN_NAME = "run.json"
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training stopped because the loss (or the gradient norm) was not finite."""
+class NonFiniteError(RuntimeError):
+    """Training stopped because the input, the loss or the gradient norm was not finite."""
 
 
 # --------------------------------------------------------------------------- files
@@ -438,7 +439,7 @@ def train(
 
     Raises
     ------
-    NonFiniteLossError
+    NonFiniteError
         When the loss is NaN or infinite; the checkpoint on disk is the last good one.
     FileExistsError
         When ``run_dir`` already holds a checkpoint and ``resume`` is False.
@@ -560,6 +561,12 @@ def _train(
             mask = batch["mask"].to(device, non_blocking=True)
             labels = batch["label"].to(device, non_blocking=True)
             waited = time.perf_counter() - tick
+            if not bool(torch.isfinite(features).all()):
+                bad = [clips.videos[int(v)].id for v in batch["video"]]
+                raise NonFiniteError(
+                    f"non-finite features in the batch of iteration {iteration + 1} (videos "
+                    f"{', '.join(bad)}); stopped. {_kept(checkpoint_path)}"
+                )
             for group in optimizer.param_groups:
                 group["lr"] = config.optim.learning_rate(iteration)
             with autocast():
@@ -567,10 +574,9 @@ def _train(
             terms = loss_terms(model, out, labels, mask)
             values = _all_mean(_batch_values(out, labels, mask, terms), processes).tolist()
             if not math.isfinite(values[0]):
-                raise NonFiniteLossError(
+                raise NonFiniteError(
                     f"the loss became {values[0]} at iteration {iteration + 1}; stopped. "
-                    f"The last good checkpoint is kept: {checkpoint_path}"
-                    + ("" if checkpoint_path.exists() else " (none was written yet)")
+                    + _kept(checkpoint_path)
                 )
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -585,9 +591,9 @@ def _train(
                 scaler.step(optimizer)
                 scaler.update()
             elif not math.isfinite(grad_norm):
-                raise NonFiniteLossError(
+                raise NonFiniteError(
                     f"the gradient norm became {grad_norm} at iteration {iteration + 1}; "
-                    f"stopped. The last good checkpoint is kept: {checkpoint_path}"
+                    f"stopped. {_kept(checkpoint_path)}"
                 )
             else:
                 optimizer.step()
@@ -617,6 +623,12 @@ def _train(
         bar.close()
         log.close()
     return TrainResult(iteration, checkpoint_path)
+
+
+def _kept(checkpoint: Path) -> str:
+    if checkpoint.exists():
+        return f"The last good checkpoint is kept: {checkpoint}"
+    return "No checkpoint was written yet."
 
 
 def _row(
@@ -659,7 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             resume=args.resume,
             progress=not args.no_progress,
         )
-    except (NonFiniteLossError, ValueError, FileExistsError, FileNotFoundError) as error:
+    except (NonFiniteError, ValueError, FileExistsError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"trained {result.iterations} iterations; checkpoint: {result.checkpoint}")

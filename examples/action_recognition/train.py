@@ -674,7 +674,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (NonFiniteError, ValueError, FileExistsError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"trained {result.iterations} iterations; checkpoint: {result.checkpoint}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"trained {result.iterations} iterations; checkpoint: {result.checkpoint}")
     return 0
 
 

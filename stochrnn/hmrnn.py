@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -299,8 +299,9 @@ class HMLSTMCell(nn.Module):
         if self.norm is not None:
             s = self.norm(s)
         size = self.hidden_size
-        i, f, o = torch.sigmoid(s[:, : 3 * size]).chunk(3, dim=1)
-        g = torch.tanh(s[:, 3 * size : 4 * size])
+        gates, proposal, logit = torch.split(s, [3 * size, size, 1], dim=1)
+        i, f, o = torch.sigmoid(gates).chunk(3, dim=1)
+        g = torch.tanh(proposal)
         flush = z.unsqueeze(1)
         c_flush = i * g
         c_update = torch.addcmul(c_flush, f, c)
@@ -316,7 +317,7 @@ class HMLSTMCell(nn.Module):
             update = (1.0 - flush) * below
             c_new = flush * c_flush + copy * c + update * c_update
             h_new = flush * h_flush + copy * h + update * h_update
-        sample = self.boundary(s[:, 4 * size], context=h_new, generator=generator)
+        sample = self.boundary(logit.squeeze(1), context=h_new, generator=generator)
         return HMLSTMCellOutput(h_new, c_new, sample.value, sample.log_prob)
 
     def extra_repr(self) -> str:
@@ -324,6 +325,97 @@ class HMLSTMCell(nn.Module):
             f"input_size={self.input_size}, hidden_size={self.hidden_size}, "
             f"above_size={self.above_size}"
         )
+
+
+class StepWeight:
+    r"""A weight shared by one product per time step, its gradient computed in one product.
+
+    Autograd would give each step's product :math:`s_t = b_t + x_t W^\top` its own
+    weight gradient :math:`g_t^\top x_t` (a matrix product with only ``B`` rows to
+    sum over) and add the ``T`` results one by one. Here each step's backward only
+    records :math:`(x_t, g_t)`; the weight's backward, which autograd runs after all
+    of them, returns :math:`[g_1; \dots; g_T]^\top [x_1; \dots; x_T]`, one product
+    over ``T·B`` rows. Entries are tagged with the backward pass that recorded them,
+    so a pass that does not reach the weight (``torch.autograd.grad`` with other
+    ``inputs``) leaves nothing behind for the next one. ``deferred=False`` (or a
+    weight that needs no gradient) is a plain :func:`torch.addmm`, which is also
+    what :func:`torch.compile` gets.
+
+    Examples
+    --------
+    >>> weight = torch.randn(3, 2, requires_grad=True)
+    >>> shared = StepWeight(weight)
+    >>> xs = [torch.randn(4, 2) for _ in range(5)]
+    >>> sum(shared.addmm(torch.zeros(3), x).sum() for x in xs).backward()
+    >>> torch.allclose(weight.grad, sum(x.sum(0) for x in xs).expand(3, 2))
+    True
+    """
+
+    def __init__(self, weight: Tensor, deferred: bool = True) -> None:
+        self._records: list[tuple[int, Tensor, Tensor]] = []
+        self.deferred = deferred and weight.requires_grad and torch.is_grad_enabled()
+        self.weight: Tensor = (
+            _DeferredWeightGrad.apply(weight, self)  # type: ignore[no-untyped-call]
+            if self.deferred
+            else weight
+        )
+
+    def addmm(self, base: Tensor, inputs: Tensor) -> Tensor:
+        """``base + inputs @ weight.T`` (``base``: ``(B, G)`` or a ``(G,)`` bias)."""
+        if not self.deferred:
+            return torch.addmm(base, inputs, self.weight.t())
+        return cast(Tensor, _StepProduct.apply(base, inputs, self.weight, self))  # type: ignore[no-untyped-call]
+
+    def record(self, inputs: Tensor, grad: Tensor) -> None:
+        self._records.append((torch._C._current_graph_task_id(), inputs, grad))
+
+    def take(self) -> tuple[list[Tensor], list[Tensor]]:
+        """The records of the running backward pass; forgets all records."""
+        task = torch._C._current_graph_task_id()
+        mine = [(inputs, grad) for owner, inputs, grad in self._records if owner == task]
+        self._records.clear()
+        return [inputs for inputs, _ in mine], [grad for _, grad in mine]
+
+
+class _DeferredWeightGrad(torch.autograd.Function):
+    """Identity on the weight; its backward sums the recorded per-step gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, shared: StepWeight) -> Tensor:
+        ctx.shared = shared
+        ctx.set_materialize_grads(False)
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx: Any, _: Tensor | None) -> tuple[Tensor | None, None]:
+        inputs, grads = ctx.shared.take()
+        if not inputs:
+            return None, None
+        return torch.cat(grads).t().mm(torch.cat(inputs)), None
+
+
+class _StepProduct(torch.autograd.Function):
+    """``base + inputs @ weight.T`` whose weight gradient is left to the weight's backward."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, base: Tensor, inputs: Tensor, weight: Tensor, shared: StepWeight
+    ) -> Tensor:
+        ctx.save_for_backward(inputs, weight)
+        ctx.shared = shared
+        ctx.bias = base.dim() == 1
+        return torch.addmm(base, inputs, weight.t())
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        inputs, weight = ctx.saved_tensors
+        if ctx.needs_input_grad[2]:
+            ctx.shared.record(inputs, grad)
+        grad_base = None
+        if ctx.needs_input_grad[0]:
+            grad_base = grad.sum(dim=0) if ctx.bias else grad
+        grad_inputs = grad.mm(weight) if ctx.needs_input_grad[1] else None
+        return grad_base, grad_inputs, None, None
 
 
 class _GatedOutputEmbedding(nn.Module):
@@ -347,7 +439,7 @@ class _GatedOutputEmbedding(nn.Module):
 
 
 StepFunction = Callable[
-    [Tensor, HMRNNState, Sequence[Tensor], Tensor | None, torch.Generator | None],
+    [Tensor, HMRNNState, Sequence[StepWeight], Tensor | None, torch.Generator | None],
     tuple[HMRNNState, Tensor],
 ]
 
@@ -545,19 +637,22 @@ class HMRNN(nn.Module):
                 f"x expected shape {layout} with input_size={self.input_size}, got {tuple(x.shape)}"
             )
 
-    def _step_weights(self) -> list[Tensor]:
-        """Per layer, the transposed weight of its one fused product per step.
+    def _step_weights(self) -> list[StepWeight]:
+        """Per layer, the weight of its one fused product per step.
 
         Layer 1's bottom-up product is done for all steps at once, so its fused
         weight holds only the recurrent and top-down parts.
         """
-        return [cell.fused_weight(bottom_up=l > 0).t() for l, cell in enumerate(self.layers)]
+        return [
+            StepWeight(cell.fused_weight(bottom_up=l > 0), deferred=not self.compile_step)
+            for l, cell in enumerate(self.layers)
+        ]
 
     def _advance(
         self,
         projected: Tensor,
         state: HMRNNState,
-        weights: Sequence[Tensor],
+        weights: Sequence[StepWeight],
         mask: Tensor | None,
         generator: torch.Generator | None,
     ) -> tuple[HMRNNState, Tensor]:
@@ -580,7 +675,7 @@ class HMRNN(nn.Module):
             if l < last:
                 parts.append(z.unsqueeze(1) * state.h[l + 1])
             inputs = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-            s = torch.addmm(projected if l == 0 else cell.bias, inputs, weights[l])
+            s = weights[l].addmm(projected if l == 0 else cell.bias, inputs)
             step = cell.transition(s, h, c, z, z_new[l - 1] if l > 0 else None, generator=generator)
             if mask is None:
                 h_new.append(step.h)
@@ -650,10 +745,9 @@ class HMRNN(nn.Module):
         hidden: list[list[Tensor]] = [[] for _ in range(self.num_layers)]
         boundaries: list[Tensor] = []
         log_probs: list[Tensor] = []
-        for t in range(num_steps):
-            state, log_prob = advance(
-                projected[t], state, weights, None if mask is None else mask[t], generator
-            )
+        steps = mask.unbind(0) if mask is not None else (None,) * num_steps
+        for projected_t, mask_t in zip(projected.unbind(0), steps, strict=True):
+            state, log_prob = advance(projected_t, state, weights, mask_t, generator)
             for layer, h in zip(hidden, state.h, strict=True):
                 layer.append(h)
             boundaries.append(torch.stack(state.z, dim=1))

@@ -369,7 +369,8 @@ def loss_terms(model: ActionModel, out: ModelOutput, labels: Tensor, mask: Tenso
             + \lambda \frac{1}{B}\sum_b \sum_i \Bigl(1 - \sum_t l_{b,t,i}\Bigr)^2
 
     The reward is :math:`r_b = \frac{1}{|T_b|}\sum_{t} \log \hat y_{b,t}[y_b]`,
-    the log-likelihood of the label per real step, detached; each part's
+    the log-likelihood of the label per real step (a mean, so that clips of
+    different lengths get comparable rewards), detached; each part's
     ``surrogate_loss`` is zero unless its estimator is score-function.
 
     ``model`` is the bare model (not a DistributedDataParallel wrapper).

@@ -98,7 +98,7 @@ class SyntheticSpec:
     actor_size: int = 2
     subactions_per_class: int = 3
     num_classes: int = 8
-    videos_per_class: int = 30
+    videos_per_class: int = 40
     min_len: int = 4
     max_len: int = 10
     num_distractors: int = 6

@@ -46,8 +46,8 @@ __all__ = [
     "gradient_bias_variance",
 ]
 
-#: Largest number of configurations :func:`enumerate_values` will build.
 MAX_CONFIGURATIONS = 1 << 16
+"""Largest number of configurations :func:`enumerate_values` will build."""
 
 Objective = Callable[[Tensor], Tensor]
 
@@ -177,6 +177,17 @@ class GradientReport:
     All tensors have the shape of the logits. ``z`` is the bias in units of its
     standard error: entries much beyond 3–4 mean a biased estimator (or too few
     samples to see it; relaxed estimators are biased by design).
+
+    Attributes
+    ----------
+    exact:
+        The exact gradient of ``E[f(z)]``, by enumeration (float64).
+    mean:
+        The mean of the single-sample estimates.
+    variance:
+        The variance of one estimate, per element.
+    num_samples:
+        How many estimates were averaged.
     """
 
     exact: Tensor
@@ -186,10 +197,12 @@ class GradientReport:
 
     @property
     def bias(self) -> Tensor:
+        """``mean - exact``, per element."""
         return self.mean - self.exact
 
     @property
     def std_error(self) -> Tensor:
+        """Standard error of ``mean``: ``sqrt(variance / num_samples)``."""
         return (self.variance / self.num_samples).sqrt()
 
     @property
@@ -201,6 +214,7 @@ class GradientReport:
 
     @property
     def max_abs_z(self) -> float:
+        """The largest ``|z|``: compare with a normal critical value."""
         return float(self.z.abs().max())
 
     @property

@@ -43,12 +43,14 @@ __all__ = [
     "StraightThrough",
     "Temperature",
     "TemperatureLike",
+    "as_temperature",
+    "require_family",
 ]
 
 Family = Literal["binary", "categorical"]
 
-#: Temperatures are clamped from below to this value (and must be given above 0).
 MIN_TEMPERATURE = 0.05
+"""Temperatures are clamped from below to this value (and must be given above 0)."""
 
 
 class Sample(NamedTuple):
@@ -217,6 +219,7 @@ class AnnealedTemperature(Temperature):
 
 
 TemperatureLike = float | Temperature
+"""What a ``temperature=`` argument accepts: a float (constant) or a :class:`Temperature`."""
 
 
 def as_temperature(temperature: TemperatureLike) -> Temperature:
@@ -301,16 +304,17 @@ class Estimator(nn.Module):
     """
 
     family: ClassVar[Family] = "binary"
-    #: ``True`` when the gradient flows through ``value`` (``surrogate_loss`` is 0).
+    """``"binary"`` (values in {0, 1}) or ``"categorical"`` (one-hot over the last dim)."""
     pathwise: ClassVar[bool] = True
+    """``True`` when the gradient flows through ``value`` (``surrogate_loss`` is 0)."""
 
     def __init__(self, validate_args: bool | None = None) -> None:
         super().__init__()
         self.validate_args = validate_args
 
-    # The family an instance has (Reinforce decides it per instance).
     @property
     def event_family(self) -> Family:
+        """The family of this instance (:class:`Reinforce` decides it per instance)."""
         return self.family
 
     def forward(
@@ -338,6 +342,12 @@ class Estimator(nn.Module):
         *,
         generator: torch.Generator | None = None,
     ) -> Tensor:  # pragma: no cover - abstract
+        """Draw the value: the one method a new estimator must implement.
+
+        Return a tensor of the shape and dtype of ``logits`` whose forward value
+        is the (hard or relaxed) sample and whose gradient, if any, reaches
+        ``logits``. ``context`` is what an adaptive temperature reads.
+        """
         raise NotImplementedError
 
     def distribution(self, logits: Tensor) -> Distribution:
@@ -626,6 +636,7 @@ class Reinforce(Estimator):
         return value.to(logits.dtype)
 
     def surrogate_loss(self, log_prob: Tensor, reward: Tensor) -> Tensor:
+        """Eq. 19's REINFORCE term for ``reward`` (broadcast from the left), then update b."""
         reward = reward.detach()
         advantage = reward - self.baseline.value().to(reward.device, reward.dtype)
         while advantage.dim() < log_prob.dim():

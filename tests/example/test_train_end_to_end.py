@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +29,6 @@ from examples.action_recognition.train import (
 
 #: Columns of metrics.csv that depend only on the computation (not on the clock).
 COMPUTED = ("iteration", "epoch", "lr", "loss", "cross_entropy", "surrogate", "accuracy")
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread (and the CI machine has two cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 #: A tiny synthetic dataset: 4 classes x 4 videos of 6-12 frames, 3x3 regions, 6 features.

@@ -352,10 +352,10 @@ class StepWeight:
     """
 
     def __init__(self, weight: Tensor, deferred: bool = True) -> None:
-        self._records: list[tuple[int, Tensor, Tensor]] = []
         self.deferred = deferred and weight.requires_grad and torch.is_grad_enabled()
+        self._records = _GradientRecords()
         self.weight: Tensor = (
-            _DeferredWeightGrad.apply(weight, self)  # type: ignore[no-untyped-call]
+            _DeferredWeightGrad.apply(weight, self._records)  # type: ignore[no-untyped-call]
             if self.deferred
             else weight
         )
@@ -364,10 +364,22 @@ class StepWeight:
         """``base + inputs @ weight.T`` (``base``: ``(B, G)`` or a ``(G,)`` bias)."""
         if not self.deferred:
             return torch.addmm(base, inputs, self.weight.t())
-        return cast(Tensor, _StepProduct.apply(base, inputs, self.weight, self))  # type: ignore[no-untyped-call]
+        product = _StepProduct.apply(base, inputs, self.weight, self._records)  # type: ignore[no-untyped-call]
+        return cast(Tensor, product)
 
-    def record(self, inputs: Tensor, grad: Tensor) -> None:
-        self._records.append((torch._C._current_graph_task_id(), inputs, grad))
+
+class _GradientRecords:
+    """The ``(inputs, grad)`` pairs that step products hand to their weight's backward.
+
+    Inputs are kept detached, so the records hold no reference back into the graph
+    (whose nodes hold the records): no reference cycle.
+    """
+
+    def __init__(self) -> None:
+        self._records: list[tuple[int, Tensor, Tensor]] = []
+
+    def add(self, inputs: Tensor, grad: Tensor) -> None:
+        self._records.append((torch._C._current_graph_task_id(), inputs.detach(), grad))
 
     def take(self) -> tuple[list[Tensor], list[Tensor]]:
         """The records of the running backward pass; forgets all records."""
@@ -381,16 +393,14 @@ class _DeferredWeightGrad(torch.autograd.Function):
     """Identity on the weight; its backward sums the recorded per-step gradients."""
 
     @staticmethod
-    def forward(ctx: Any, weight: Tensor, shared: StepWeight) -> Tensor:
-        ctx.shared = shared
+    def forward(ctx: Any, weight: Tensor, records: _GradientRecords) -> Tensor:
+        ctx.records = records
         ctx.set_materialize_grads(False)
         return weight.view_as(weight)
 
     @staticmethod
-    def backward(ctx: Any, _: Tensor | None) -> tuple[Tensor | None, None]:
-        inputs, grads = ctx.shared.take()
-        if not inputs:
-            return None, None
+    def backward(ctx: Any, _: Tensor | None) -> tuple[Tensor, None]:
+        inputs, grads = ctx.records.take()
         return torch.cat(grads).t().mm(torch.cat(inputs)), None
 
 
@@ -399,10 +409,10 @@ class _StepProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, base: Tensor, inputs: Tensor, weight: Tensor, shared: StepWeight
+        ctx: Any, base: Tensor, inputs: Tensor, weight: Tensor, records: _GradientRecords
     ) -> Tensor:
         ctx.save_for_backward(inputs, weight)
-        ctx.shared = shared
+        ctx.records = records
         ctx.bias = base.dim() == 1
         return torch.addmm(base, inputs, weight.t())
 
@@ -410,7 +420,7 @@ class _StepProduct(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         inputs, weight = ctx.saved_tensors
         if ctx.needs_input_grad[2]:
-            ctx.shared.record(inputs, grad)
+            ctx.records.add(inputs, grad)
         grad_base = None
         if ctx.needs_input_grad[0]:
             grad_base = grad.sum(dim=0) if ctx.bias else grad
@@ -726,6 +736,8 @@ class HMRNN(nn.Module):
         self._check_input(x, 3, "(B, T, input)" if self.batch_first else "(T, B, input)")
         steps_first = x if not self.batch_first else x.transpose(0, 1)
         num_steps, batch_size = steps_first.shape[:2]
+        if num_steps == 0:
+            raise ValueError(f"x has no time steps: shape {tuple(x.shape)}")
         if mask is not None:
             if tuple(mask.shape) != tuple(x.shape[:2]):
                 raise ValueError(

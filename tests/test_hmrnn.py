@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from typing import Any, ClassVar
 
 import pytest
@@ -21,7 +23,7 @@ from stochrnn import (
     StraightThrough,
 )
 from stochrnn.functional import binary_log_prob, straight_through
-from stochrnn.hmrnn import StepWeight
+from stochrnn.hmrnn import StepWeight, _GradientRecords
 
 # --------------------------------------------------------------------------- test estimators
 
@@ -393,6 +395,21 @@ def test_deferred_weight_gradient_survives_a_pass_that_skips_the_weight() -> Non
         torch.testing.assert_close(a, b)
 
 
+def test_deferred_weight_gradient_leaves_no_reference_cycle() -> None:
+    """The gradient records are freed with the graph, by reference counting alone."""
+    rnn = HMRNN(3, 4, 2)
+    gc.disable()
+    try:
+        out = rnn(torch.randn(2, 5, 3))
+        out.output.sum().backward()
+        del out
+        torch.autograd.grad(rnn(torch.randn(2, 5, 3)).output.sum(), rnn.layers[0].bias)
+        alive = sum(isinstance(o, _GradientRecords) for o in gc.get_objects())
+    finally:
+        gc.enable()
+    assert alive == 0
+
+
 def test_step_weight_without_deferral_is_a_plain_product() -> None:
     weight = torch.randn(3, 2, requires_grad=True)
     inputs = torch.randn(4, 2)
@@ -514,6 +531,7 @@ def test_initial_state_and_detach() -> None:
             r"state.h\[1\] expected shape \(2, 4\), got \(2, 5\)",
         ),
         (lambda r: r(torch.randn(2, 4, 3), state=(1, 2)), ValueError, "HMRNNState"),
+        (lambda r: r(torch.randn(2, 0, 3)), ValueError, r"no time steps: shape \(2, 0, 3\)"),
         (lambda r: r.step(torch.randn(2, 4)), ValueError, r"\(B, input\)"),
         (lambda r: r.step(torch.randn(2, 3), r.initial_state(1)), ValueError, "expected shape"),
     ],
@@ -552,9 +570,10 @@ def test_cell_requires_h_above_exactly_when_it_has_a_layer_above() -> None:
         HMLSTMCell(3, 4)(torch.zeros(2, 3), h, c, z, h_above=torch.zeros(2, 3))
 
 
-def test_repr_names_the_sizes() -> None:
-    text = repr(HMRNN(3, [4, 2], 2))
-    assert "hidden_size=[4, 2]" in text and "above_size=2" in text
+def test_repr_and_output_size() -> None:
+    rnn = HMRNN(3, [4, 2], 2)
+    assert "hidden_size=[4, 2]" in repr(rnn) and "above_size=2" in repr(rnn)
+    assert rnn.output_size == 6
 
 
 # --------------------------------------------------------------------------- compile and devices

@@ -395,13 +395,15 @@ class _DeferredWeightGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, weight: Tensor, records: _GradientRecords) -> Tensor:
         ctx.records = records
+        ctx.dtype = weight.dtype
         ctx.set_materialize_grads(False)
         return weight.view_as(weight)
 
     @staticmethod
     def backward(ctx: Any, _: Tensor | None) -> tuple[Tensor, None]:
         inputs, grads = ctx.records.take()
-        return torch.cat(grads).t().mm(torch.cat(inputs)), None
+        grad = torch.cat(grads).to(ctx.dtype).t().mm(torch.cat(inputs).to(ctx.dtype))
+        return grad, None
 
 
 class _StepProduct(torch.autograd.Function):
@@ -414,17 +416,19 @@ class _StepProduct(torch.autograd.Function):
         ctx.save_for_backward(inputs, weight)
         ctx.records = records
         ctx.bias = base.dim() == 1
-        return torch.addmm(base, inputs, weight.t())
+        ctx.base_dtype = base.dtype
+        return torch.addmm(base, inputs, weight.t())  # autocast may compute it in lower precision
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         inputs, weight = ctx.saved_tensors
         if ctx.needs_input_grad[2]:
             ctx.records.add(inputs, grad)
-        grad_base = None
+        grad_base = grad_inputs = None
         if ctx.needs_input_grad[0]:
-            grad_base = grad.sum(dim=0) if ctx.bias else grad
-        grad_inputs = grad.mm(weight) if ctx.needs_input_grad[1] else None
+            grad_base = (grad.sum(dim=0) if ctx.bias else grad).to(ctx.base_dtype)
+        if ctx.needs_input_grad[1]:
+            grad_inputs = grad.mm(weight.to(grad.dtype)).to(inputs.dtype)
         return grad_base, grad_inputs, None, None
 
 

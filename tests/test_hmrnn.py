@@ -403,10 +403,28 @@ def test_deferred_weight_gradient_leaves_no_reference_cycle() -> None:
         out.output.sum().backward()
         del out
         torch.autograd.grad(rnn(torch.randn(2, 5, 3)).output.sum(), rnn.layers[0].bias)
-        alive = sum(isinstance(o, _GradientRecords) for o in gc.get_objects())
+        alive = sum(type(o) is _GradientRecords for o in gc.get_objects())
     finally:
         gc.enable()
     assert alive == 0
+
+
+def test_autocast_bfloat16_trains() -> None:
+    """Under autocast the step products run in bfloat16; gradients keep the parameters'
+    dtype and agree with float32 to bfloat16 precision (relative 5e-2)."""
+    torch.manual_seed(12)
+    rnn = HMRNN(3, 8, 2, boundary=StraightThrough())
+    x = torch.randn(4, 5, 3)
+    rnn(x).output.sum().backward()
+    exact = [p.grad.clone() for p in rnn.parameters() if p.grad is not None]
+    rnn.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = rnn(x)
+    out.output.float().sum().backward()
+    assert out.layer_log_prob.dtype == torch.bfloat16  # the boundary logits came in bfloat16
+    for e, p in zip(exact, [p for p in rnn.parameters() if p.grad is not None], strict=True):
+        assert p.grad is not None and p.grad.dtype == torch.float32
+        torch.testing.assert_close(p.grad, e, rtol=5e-2, atol=5e-2 * float(e.abs().max()))
 
 
 def test_step_weight_without_deferral_is_a_plain_product() -> None:

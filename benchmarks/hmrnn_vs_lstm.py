@@ -5,9 +5,10 @@ one training iteration is ``model(x)`` then ``output.sum().backward()``. For
 each size and model a fresh process builds the model, measures the peak memory
 of one cold iteration (CPU: growth of the resident set, ``ru_maxrss`` against
 the resident set before; CUDA: ``torch.cuda.max_memory_allocated`` above what
-was allocated before), then times ``--repeats`` iterations after ``--warmup``.
-Wall time (median and minimum) and process CPU time are reported: on a shared
-machine the CPU time is the steadier of the two.
+was allocated before; for the compiled model, an iteration after compiling, on
+CUDA only: on CPU the resident-set peak of compilation hides it), then times
+``--repeats`` iterations after ``--warmup``. Wall time (median and minimum) and
+process CPU time are reported: on a shared machine the CPU time is the steadier.
 
 Rows: ``lstm`` (``torch.nn.LSTM``, oneDNN/cuDNN kernels), ``hmrnn`` (default
 ``GumbelSigmoid(0.3)`` boundaries) and, with ``--compile``, ``hmrnn-compiled``
@@ -24,7 +25,7 @@ Examples (from the repository root)::
     python benchmarks/hmrnn_vs_lstm.py --sizes small,target --out benchmarks/results/
     python benchmarks/hmrnn_vs_lstm.py --sizes target,paper --device cuda --compile
 
-Results go to ``<out>/hmrnn_vs_lstm_<device>.json`` and ``.md``.
+Results go to ``<out>/hmrnn_vs_lstm_<device>[-<N>-threads].json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -128,9 +129,12 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     size, device = Size(*job["size"]), torch.device(job["device"])
     model = build(job["model"], size).to(device)
     x = torch.randn(size.batch, size.steps, size.input, device=device)
-    memory = peak_memory_mib(model, x, device)
+    compiled = job["model"] == "hmrnn-compiled"
+    memory = None if compiled else peak_memory_mib(model, x, device)
     for _ in range(job["warmup"]):
         iteration(model, x)
+    if compiled and device.type == "cuda":  # on CPU compilation's own peak hides it
+        memory = peak_memory_mib(model, x, device)
     walls, cpus = [], []
     for _ in range(job["repeats"]):
         model.zero_grad(set_to_none=True)
@@ -184,11 +188,17 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "wall_ratio_median": row["wall_s_median"] / base["wall_s_median"],
                 "wall_ratio_min": row["wall_s_min"] / base["wall_s_min"],
                 "cpu_ratio_median": row["cpu_s_median"] / base["cpu_s_median"],
-                "memory_ratio": row["peak_memory_mib"] / max(base["peak_memory_mib"], 1e-9),
+                "memory_ratio": None
+                if row["peak_memory_mib"] is None
+                else row["peak_memory_mib"] / max(base["peak_memory_mib"], 1e-9),
                 "matmul_ratio": row["matmul_gflop_forward"] / base["matmul_gflop_forward"],
             }
         )
     return out
+
+
+def number(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -208,7 +218,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {row['size']} ({shape}) | {row['model']} | {row['wall_s_median']:.3f} "
             f"| {row['wall_s_min']:.3f} | {row['cpu_s_median']:.3f} "
-            f"| {row['peak_memory_mib']:.0f} |"
+            f"| {number(row['peak_memory_mib'], 0)} |"
         )
     lines += [
         "",
@@ -220,7 +230,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {r['size']} | {r['model']} / lstm | {r['wall_ratio_median']:.2f} "
             f"| {r['wall_ratio_min']:.2f} | {r['cpu_ratio_median']:.2f} "
-            f"| {r['memory_ratio']:.2f} | {r['matmul_ratio']:.2f} |"
+            f"| {number(r['memory_ratio'], 2)} | {r['matmul_ratio']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -269,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(
                 f"{name:>6} {model:>14}: wall {row['wall_s_median']:.3f} s (min "
                 f"{row['wall_s_min']:.3f}), CPU {row['cpu_s_median']:.3f} s, "
-                f"peak {row['peak_memory_mib']:.0f} MiB",
+                f"peak MiB {number(row['peak_memory_mib'], 0)}",
                 flush=True,
             )
             rows.append(row)
@@ -288,10 +298,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for r in report["ratios"]:
         print(
             f"{r['size']:>6} {r['model']:>14} / lstm: time x{r['wall_ratio_median']:.2f} "
-            f"(CPU x{r['cpu_ratio_median']:.2f}), memory x{r['memory_ratio']:.2f}"
+            f"(CPU x{r['cpu_ratio_median']:.2f}), memory ratio {number(r['memory_ratio'], 2)}"
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"hmrnn_vs_lstm_{device.type}-{slug(name)}"
+    threads = f"-{args.threads}-threads" if args.threads else ""
+    stem = args.out / f"hmrnn_vs_lstm_{device.type}-{slug(name)}{threads}"
     write_atomically(stem.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
     write_atomically(stem.with_suffix(".md"), markdown(report))
     print(f"wrote {stem}.json and .md")

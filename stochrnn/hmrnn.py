@@ -180,12 +180,11 @@ class HMLSTMCell(nn.Module):
 
     Attributes
     ----------
-    weight_bottom_up:
-        :math:`W_{bu}`, ``(4H + 1, input_size)``; rows in the order i, f, o, g, z̃.
-    weight_recurrent:
-        :math:`U_{rec}`, ``(4H + 1, H)``.
-    weight_top_down:
-        :math:`U_{td}`, ``(4H + 1, above_size)``, or ``None`` for the top layer.
+    weight:
+        :math:`[W_{bu}, U_{rec}, U_{td}]` side by side, ``(4H + 1, input + H + above)``,
+        one parameter so that a step is one matrix product with no copy of the
+        weights; rows in the order i, f, o, g, z̃. The blocks are the views
+        :attr:`weight_bottom_up`, :attr:`weight_recurrent`, :attr:`weight_top_down`.
     bias:
         :math:`b`, ``(4H + 1,)``.
 
@@ -197,8 +196,6 @@ class HMLSTMCell(nn.Module):
     >>> out.h.shape, out.z.shape, out.log_prob.shape
     (torch.Size([2, 5]), torch.Size([2]), torch.Size([2]))
     """
-
-    weight_top_down: nn.Parameter | None
 
     def __init__(
         self,
@@ -217,12 +214,8 @@ class HMLSTMCell(nn.Module):
         require_family(boundary, "binary", "HMLSTMCell boundary")
         self.boundary = boundary
         rows = 4 * hidden_size + 1
-        self.weight_bottom_up = nn.Parameter(torch.empty(rows, input_size))
-        self.weight_recurrent = nn.Parameter(torch.empty(rows, hidden_size))
-        if above_size is None:
-            self.register_parameter("weight_top_down", None)
-        else:
-            self.weight_top_down = nn.Parameter(torch.empty(rows, above_size))
+        columns = input_size + hidden_size + (above_size or 0)
+        self.weight = nn.Parameter(torch.empty(rows, columns))
         self.bias = nn.Parameter(torch.empty(rows))
         self.norm = nn.LayerNorm(rows) if layer_norm else None
         self.reset_parameters()
@@ -230,25 +223,35 @@ class HMLSTMCell(nn.Module):
     def reset_parameters(self) -> None:
         """Uniform in :math:`\\pm 1/\\sqrt{H}` as in :class:`torch.nn.LSTM`; layer norm reset."""
         bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in (self.weight_bottom_up, self.weight_recurrent, self.weight_top_down):
-            if weight is not None:
-                nn.init.uniform_(weight, -bound, bound)
+        nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
         if self.norm is not None:
             self.norm.reset_parameters()
 
+    @property
+    def weight_bottom_up(self) -> Tensor:
+        """:math:`W_{bu}`, ``(4H + 1, input_size)``, a view of :attr:`weight`."""
+        return self.weight[:, : self.input_size]
+
+    @property
+    def weight_recurrent(self) -> Tensor:
+        """:math:`U_{rec}`, ``(4H + 1, H)``, a view of :attr:`weight`."""
+        return self.weight[:, self.input_size : self.input_size + self.hidden_size]
+
+    @property
+    def weight_top_down(self) -> Tensor | None:
+        """:math:`U_{td}`, ``(4H + 1, above_size)``, a view of :attr:`weight`; ``None`` on top."""
+        if self.above_size is None:
+            return None
+        return self.weight[:, self.input_size + self.hidden_size :]
+
     def fused_weight(self, bottom_up: bool = True) -> Tensor:
-        """``[W_bu, U_rec, U_td]`` side by side: ``(4H + 1, input + H + above)``.
+        """:attr:`weight`, or without ``W_bu`` (for an input projected beforehand): a view.
 
         The pre-activation is one matrix product with the gated inputs side by
         side: ``s = [z_below·x, h, z·h_above] @ fused_weight().T + bias``.
-        ``bottom_up=False`` leaves ``W_bu`` out (for an input projected beforehand).
         """
-        parts: list[Tensor] = [self.weight_bottom_up] if bottom_up else []
-        parts.append(self.weight_recurrent)
-        if self.weight_top_down is not None:
-            parts.append(self.weight_top_down)
-        return torch.cat(parts, dim=1)
+        return self.weight if bottom_up else self.weight[:, self.input_size :]
 
     def forward(
         self,
@@ -268,7 +271,7 @@ class HMLSTMCell(nn.Module):
         the first layer (:math:`z^0 = 1`); ``h_above``: the hidden state of the layer
         above at ``t-1`` (required unless this is the top layer).
         """
-        if (h_above is None) != (self.weight_top_down is None):
+        if (h_above is None) != (self.above_size is None):
             raise ValueError(
                 "h_above must be given exactly when the cell has a layer above "
                 f"(above_size={self.above_size}), got "

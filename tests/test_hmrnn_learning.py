@@ -9,6 +9,7 @@ from stochrnn import HMRNN, StraightThrough
 
 STEPS = 12
 BATCH = 64
+TARGET_RATE = 0.1
 
 
 def cue_pairs(gen: torch.Generator, batch: int) -> tuple[Tensor, Tensor]:
@@ -33,13 +34,15 @@ def test_hmrnn_learns_an_xor_of_distant_cues_with_nontrivial_boundaries() -> Non
     """Chung et al.'s deterministic straight-through boundaries, 2 layers of 16, Adam
     1e-2, 400 batches of 64 (about 7 s on one CPU core), seeded.
 
+    The loss adds ``(rate_l - 0.1)^2`` per layer, ``rate_l`` the mean of that layer's
+    boundaries, whose straight-through gradient reaches the detectors. Without it,
+    deterministic detectors often lock into FLUSH at every step early in training
+    (once the hard sigmoid saturates no gradient brings them back) and the model
+    stays at chance: 6 of 7 seeds (0-6) learn with it, 1 of 7 without.
+
     With this seed the model scores 1.0 on fresh sequences (chance is 0.5); we
-    require 0.9. Its first layer fires on about 6% of the steps: boundaries are
-    neither all 0 (the second layer would never update) nor all 1 (every step a
-    FLUSH). The seed is part of the test: over seeds 0-7, half the runs instead
-    lock into FLUSH at every step within this budget and stay at chance (a known
-    hazard of deterministic boundaries: once the hard sigmoid saturates no gradient
-    brings them back).
+    require 0.9, and boundaries that are neither all 0 (the second layer would
+    never update) nor all 1 (every step a FLUSH).
     """
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
@@ -48,7 +51,10 @@ def test_hmrnn_learns_an_xor_of_distant_cues_with_nontrivial_boundaries() -> Non
     optimiser = torch.optim.Adam([*rnn.parameters(), *head.parameters()], lr=1e-2)
     for _ in range(400):
         x, y = cue_pairs(gen, BATCH)
-        loss = nn.functional.cross_entropy(head(rnn(x).output[:, -1]), y)
+        out = rnn(x)
+        rates = out.boundaries.mean(dim=(0, 1))
+        loss = nn.functional.cross_entropy(head(out.output[:, -1]), y)
+        loss = loss + (rates - TARGET_RATE).pow(2).sum()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -587,6 +587,18 @@ def test_cell_requires_h_above_exactly_when_it_has_a_layer_above() -> None:
         HMLSTMCell(3, 4)(torch.zeros(2, 3), h, c, z, h_above=torch.zeros(2, 3))
 
 
+def test_weight_blocks_are_views_of_one_parameter() -> None:
+    low, top = HMRNN(3, [4, 2], 2).layers
+    assert low.weight_top_down is not None and top.weight_top_down is None
+    blocks = (low.weight_bottom_up, low.weight_recurrent, low.weight_top_down)
+    assert [tuple(b.shape) for b in blocks] == [(17, 3), (17, 4), (17, 2)]
+    assert torch.equal(torch.cat(blocks, dim=1), low.weight)
+    assert all(
+        b.untyped_storage().data_ptr() == low.weight.untyped_storage().data_ptr() for b in blocks
+    )
+    assert [n for n, _ in top.named_parameters()] == ["weight", "bias"]
+
+
 def test_repr_and_output_size() -> None:
     rnn = HMRNN(3, [4, 2], 2)
     assert "hidden_size=[4, 2]" in repr(rnn) and "above_size=2" in repr(rnn)

@@ -533,7 +533,11 @@ class StraightThrough(Estimator):
         self.epoch += 1
 
     def probs(self, logits: Tensor) -> Tensor:
-        return F.hard_sigmoid(logits.float(), self.slope)
+        """``hardsigm(slope * logits)``, the probability of a 1 (of the stochastic form)."""
+        # The slope as a tensor on the epoch's device: no host sync, no graph break.
+        annealed = self.initial_slope + self.slope_rate * self.epoch.float()
+        slope = annealed.clamp(max=self.max_slope) if self.slope_rate > 0 else self.initial_slope
+        return F.hard_sigmoid(logits.float(), slope)
 
     def sample(
         self,

@@ -38,6 +38,11 @@ __all__ = [
 UNIFORM_EPS = 1e-6
 
 
+def _compute(logits: Tensor) -> Tensor:
+    """``logits`` in the dtype the relaxations compute in: float32, or float64 for float64."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def uniform_open(
     shape: torch.Size | tuple[int, ...],
     *,
@@ -157,10 +162,10 @@ def gumbel_sigmoid(
     >>> bool(((y > 0) & (y < 1)).all())
     True
     """
-    a = logits.float() + logistic_noise(logits.shape, device=logits.device, generator=generator)
+    a = _compute(logits) + logistic_noise(logits.shape, device=logits.device, generator=generator)
     soft = torch.sigmoid(a / temperature)
     if hard:
-        soft = straight_through((a > 0).float(), soft)
+        soft = straight_through((a > 0).to(a.dtype), soft)
     return soft.to(logits.dtype)
 
 
@@ -180,7 +185,7 @@ def gumbel_softmax(
 
     ``hard=True`` returns the one-hot ``z`` forward (each row sums to exactly 1)
     and the gradient of ``y``. ``P(z_i = 1) = softmax(a)_i`` exactly. Computed in
-    float32, returned in the dtype of ``logits``.
+    float32 (float64 for float64 logits), returned in the dtype of ``logits``.
 
     Examples
     --------
@@ -189,7 +194,7 @@ def gumbel_softmax(
     >>> z.sum(-1)
     tensor([1., 1.])
     """
-    a = logits.float() + gumbel_noise(logits.shape, device=logits.device, generator=generator)
+    a = _compute(logits) + gumbel_noise(logits.shape, device=logits.device, generator=generator)
     soft = torch.softmax(a / temperature, dim=dim)
     if hard:
         soft = straight_through(one_hot_argmax(a, dim=dim), soft)

@@ -23,25 +23,9 @@ from stochrnn import (
 )
 from stochrnn.diagnostics import gradient_bias_variance
 from stochrnn.testing import float_dtypes, logits, normal_critical, temperatures
+from tests.estimator_zoo import all_estimators, ids
 
 ALPHA = 1e-3  # false-alarm rate of each statistical test below (seeds are fixed)
-
-
-def all_estimators() -> list[Estimator]:
-    return [
-        StraightThrough(),
-        StraightThrough(stochastic=True),
-        GumbelSigmoid(0.3),
-        GumbelSigmoid(0.3, hard=False),
-        GumbelSoftmax(0.3),
-        GumbelSoftmax(0.3, hard=False),
-        Reinforce(categorical=False),
-        Reinforce(categorical=True),
-    ]
-
-
-def ids(ests: list[Estimator]) -> list[str]:
-    return [f"{type(e).__name__}-{e.extra_repr()}" for e in ests]
 
 
 def ks_critical(n: int, m: int, alpha: float) -> float:

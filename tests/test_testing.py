@@ -12,23 +12,14 @@ from stochrnn import (
     GumbelSigmoid,
     GumbelSoftmax,
     Reinforce,
-    StraightThrough,
 )
 from stochrnn.testing import EstimatorCheckError, check_estimator, chi2_critical, normal_critical
+from tests.estimator_zoo import all_estimators, ids
 
-OURS = [
-    StraightThrough(),
-    StraightThrough(stochastic=True),
-    GumbelSigmoid(0.3),
-    GumbelSigmoid(0.3, hard=False),
-    GumbelSoftmax(0.3),
-    GumbelSoftmax(1.0, hard=False),
-    Reinforce(categorical=False),
-    Reinforce(categorical=True),
-]
+OURS = all_estimators()
 
 
-@pytest.mark.parametrize("est", OURS, ids=[f"{type(e).__name__}-{e.extra_repr()}" for e in OURS])
+@pytest.mark.parametrize("est", OURS, ids=ids(OURS))
 def test_our_estimators_pass_the_conformance_suite(est: Estimator) -> None:
     passed = check_estimator(est)
     expected = ["shapes", "values", "frequencies", "log_prob", "gradient"]

@@ -349,7 +349,7 @@ class _MetricsLog:
             return
         new = not self.path.is_file()
         with self.path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row))
+            writer = csv.DictWriter(handle, fieldnames=list(row), lineterminator="\n")
             if new:
                 writer.writeheader()
             writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})

@@ -2,7 +2,7 @@
 
 ::
 
-    python -m examples.action_recognition.demo [--out DIR] [--device cpu]
+    python -m examples.action_recognition.demo [--out DIR] [--device cpu] [--seed N]
 
 1. writes the synthetic dataset of :mod:`.synthetic` (actors performing
    ordered sub-actions in moving 2×2 "home" regions among distractors) as a
@@ -10,6 +10,9 @@
 2. trains the five variants with ``configs/demo/<variant>.toml`` into
    ``DIR/runs/<variant>`` (a run already there is resumed, so a finished one
    is not trained again);
+   with ``--seed N``, the data and every run are drawn from seed ``N``
+   instead of 0 (write each seed to its own ``--out``: the scores of this
+   small demo move with the seed, see the example's README);
 3. evaluates them together into ``DIR/report.md`` and ``DIR/plots/``: the
    accuracy table, the share of attention on the actor, how the boundaries meet
    the sub-action changes, the training curves, confusion matrices, attention
@@ -26,6 +29,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -47,16 +51,27 @@ def run_demo(
     device: str = "cpu",
     variants: Sequence[str] = VARIANTS,
     spec: SyntheticSpec | None = None,
+    seed: int | None = None,
+    iterations: int | None = None,
     progress: bool = True,
 ) -> Path:
-    """Generate the data, train ``variants`` and write the report; returns the report's path."""
+    """Generate the data, train ``variants`` and write the report; returns the report's path.
+
+    ``seed`` replaces the seed of the data (``spec.seed``) and of every config;
+    ``iterations`` the configs' ``train.iterations`` (None: as in the files).
+    """
     out = Path(out_dir)
     features = out / "features"
-    generate(features, spec)
+    spec = SyntheticSpec() if spec is None else spec
+    generate(features, spec if seed is None else replace(spec, seed=seed))
     runs = []
     for variant in variants:
         run_dir = out / "runs" / variant
         config = load_config(CONFIG_DIR / f"{variant}.toml")
+        if seed is not None:
+            config = replace(config, seed=seed)
+        if iterations is not None:
+            config = replace(config, train=replace(config.train, iterations=iterations))
         resume = (run_dir / CHECKPOINT_NAME).exists()
         train(config, features, run_dir, device=device, resume=resume, progress=progress)
         runs.append(run_dir)
@@ -71,12 +86,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="hman_demo", help="output directory (default hman_demo)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of the data and of every run (default 0)"
+    )
+    parser.add_argument(
+        "--iterations", type=int, default=None, help="training iterations (default 400)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if args.iterations is not None and args.iterations < 1:
+        parser.error(f"--iterations must be >= 1, got {args.iterations}")
     if args.device == "cpu":
         torch.set_num_threads(1)
     start = time.perf_counter()
-    report = run_demo(args.out, device=args.device, progress=not args.no_progress)
+    report = run_demo(
+        args.out,
+        device=args.device,
+        seed=args.seed,
+        iterations=args.iterations,
+        progress=not args.no_progress,
+    )
     print(report.read_text().split("## Average precision per class")[0].rstrip())
     print(f"\nDemo finished in {time.perf_counter() - start:.0f} s. Report: {report.resolve()}")
     return 0

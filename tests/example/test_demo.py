@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,21 +11,9 @@ import pytest
 from examples.action_recognition import demo
 from examples.action_recognition.config import VARIANTS, load_config
 from examples.action_recognition.evaluate import VARIANT_NAMES
-from examples.action_recognition.synthetic import SyntheticSpec, read_ground_truth
+from examples.action_recognition.synthetic import read_ground_truth
 from examples.action_recognition.train import CONFIG_NAME, METRICS_NAME
-
-#: 4 classes x 4 videos of 6-12 frames on a 3x3 grid: the demo's configs train on it in seconds.
-TINY = SyntheticSpec(
-    grid=3,
-    feature_dim=6,
-    num_primitives=3,
-    actor_size=1,
-    num_classes=4,
-    videos_per_class=4,
-    min_len=2,
-    max_len=4,
-    num_distractors=2,
-)
+from tests.example.tiny_data import TINY
 
 
 def _digests(out: Path) -> dict[str, str]:
@@ -51,7 +40,7 @@ def test_demo_seeds_data_and_runs_and_resumes_finished_runs(tmp_path: Path) -> N
 def test_demo_without_seed_keeps_the_files_seeds(tmp_path: Path) -> None:
     demo.run_demo(
         tmp_path,
-        spec=SyntheticSpec(**{**TINY.__dict__, "seed": 5}),
+        spec=replace(TINY, seed=5),
         variants=("soft",),
         iterations=1,
         progress=False,

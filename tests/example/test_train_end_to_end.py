@@ -16,7 +16,7 @@ from examples.action_recognition import evaluate
 from examples.action_recognition import train as train_cli
 from examples.action_recognition.config import Variant, example_config, parse_config
 from examples.action_recognition.features import read_index
-from examples.action_recognition.synthetic import SyntheticSpec, generate
+from examples.action_recognition.synthetic import generate
 from examples.action_recognition.train import (
     CHECKPOINT_NAME,
     METRICS_NAME,
@@ -26,24 +26,10 @@ from examples.action_recognition.train import (
     train,
     write_config,
 )
+from tests.example.tiny_data import TINY
 
 #: Columns of metrics.csv that depend only on the computation (not on the clock).
 COMPUTED = ("iteration", "epoch", "lr", "loss", "cross_entropy", "surrogate", "accuracy")
-
-
-#: A tiny synthetic dataset: 4 classes x 4 videos of 6-12 frames, 3x3 regions, 6 features.
-TINY = SyntheticSpec(
-    grid=3,
-    feature_dim=6,
-    num_primitives=3,
-    actor_size=1,
-    subactions_per_class=3,
-    num_classes=4,
-    videos_per_class=4,
-    min_len=2,
-    max_len=4,
-    num_distractors=2,
-)
 
 
 @pytest.fixture(scope="module")

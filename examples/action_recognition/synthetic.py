@@ -98,13 +98,13 @@ class SyntheticSpec:
     actor_size: int = 2
     subactions_per_class: int = 3
     num_classes: int = 8
-    videos_per_class: int = 40
+    videos_per_class: int = 200
     min_len: int = 4
     max_len: int = 10
-    num_distractors: int = 6
+    num_distractors: int = 2
     signal: float = 3.0
     noise: float = 0.5
-    test_fraction: float = 0.25
+    test_fraction: float = 0.2
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -2,21 +2,24 @@
 
 ::
 
-    python -m examples.action_recognition.demo [--out DIR] [--device cpu] [--seed N]
+    python -m examples.action_recognition.demo [--out DIR] [--device cpu]
+        [--seed N] [--iterations N]
 
 1. writes the synthetic dataset of :mod:`.synthetic` (actors performing
    ordered sub-actions in moving 2×2 "home" regions among distractors) as a
    features directory, ``DIR/features``;
 2. trains the five variants with ``configs/demo/<variant>.toml`` into
    ``DIR/runs/<variant>`` (a run already there is resumed, so a finished one
-   is not trained again);
-   with ``--seed N``, the data and every run are drawn from seed ``N``
-   instead of 0 (write each seed to its own ``--out``: the scores of this
-   small demo move with the seed, see the example's README);
+   is not trained again, and one trained for fewer than ``--iterations`` is
+   trained on);
 3. evaluates them together into ``DIR/report.md`` and ``DIR/plots/``: the
    accuracy table, the share of attention on the actor, how the boundaries meet
    the sub-action changes, the training curves, confusion matrices, attention
    maps and boundaries through time.
+
+``--seed N`` draws the data and every run from seed ``N`` instead of 0; each
+seed needs its own ``--out`` (the scores of this small demo move with the
+seed: see the example's README).
 
 The demo's models are small (hidden 64) and their per-step work is tiny, so
 they run on one CPU thread: more threads only add synchronisation (and on a
@@ -36,7 +39,7 @@ import torch
 
 from .config import VARIANTS, load_config
 from .evaluate import evaluate_run, write_report
-from .synthetic import SyntheticSpec, generate
+from .synthetic import SyntheticSpec, generate, read_ground_truth
 from .train import CHECKPOINT_NAME, train
 
 __all__ = ["CONFIG_DIR", "main", "run_demo"]
@@ -63,7 +66,14 @@ def run_demo(
     out = Path(out_dir)
     features = out / "features"
     spec = SyntheticSpec() if spec is None else spec
-    generate(features, spec if seed is None else replace(spec, seed=seed))
+    spec = spec if seed is None else replace(spec, seed=seed)
+    existing = read_ground_truth(features)
+    if existing is not None and existing.spec != spec and (out / "runs").is_dir():
+        raise ValueError(
+            f"{out} holds a demo trained on other data (seed {existing.spec.seed}); "
+            "give this one another output directory"
+        )
+    generate(features, spec)
     runs = []
     for variant in variants:
         run_dir = out / "runs" / variant

@@ -55,3 +55,11 @@ def test_demo_cli_refuses_zero_iterations(capsys: pytest.CaptureFixture[str]) ->
         demo.main(["--iterations", "0"])
     assert stop.value.code == 2
     assert "--iterations must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_demo_refuses_an_output_directory_trained_on_other_data(tmp_path: Path) -> None:
+    demo.run_demo(tmp_path, spec=TINY, variants=("soft",), iterations=1, progress=False)
+    before = (tmp_path / "features" / "synthetic.json").read_bytes()
+    with pytest.raises(ValueError, match=r"holds a demo trained on other data \(seed 0\)"):
+        demo.run_demo(tmp_path, spec=TINY, seed=1, variants=("soft",), progress=False)
+    assert (tmp_path / "features" / "synthetic.json").read_bytes() == before

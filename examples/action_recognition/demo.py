@@ -3,7 +3,7 @@
 ::
 
     python -m examples.action_recognition.demo [--out DIR] [--device cpu]
-        [--seed N] [--iterations N]
+        [--seed N] [--iterations N] [--no-progress]
 
 1. writes the synthetic dataset of :mod:`.synthetic` (actors performing
    ordered sub-actions in moving 2×2 "home" regions among distractors) as a

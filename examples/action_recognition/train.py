@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -349,7 +350,7 @@ class _MetricsLog:
             return
         new = not self.path.is_file()
         with self.path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row), lineterminator="\n")
+            writer = _csv_writer(handle, list(row))
             if new:
                 writer.writeheader()
             writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
@@ -363,9 +364,17 @@ class _MetricsLog:
             self.writer.close()
 
 
+def _csv_writer(handle: Any, fields: list[str]) -> csv.DictWriter[str]:
+    """The one CSV dialect of ``metrics.csv``, for appended rows and rewritten files alike."""
+    return csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
+
+
 def _csv_text(fields: list[str], rows: Sequence[dict[str, str]]) -> str:
-    lines = [",".join(fields)] + [",".join(row[f] for f in fields) for row in rows]
-    return "\n".join(lines) + "\n"
+    text = io.StringIO()
+    writer = _csv_writer(text, fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
 
 
 def _batch_values(

@@ -122,6 +122,11 @@ class HMRNNOutput(NamedTuple):
     layer_log_prob:
         ``(B, L)`` the same log-probability per layer, for a model whose layers
         use different score-function estimators (see :meth:`HMRNN.surrogate_loss`).
+    boundary_logits:
+        ``(B, T, L)`` the boundary logit :math:`\tilde z^l_t` each layer's estimator
+        was given (0 at padded steps), with its gradient: what diagnostics and a
+        boundary-rate prior read (the probability of a 1 is the estimator's
+        ``distribution(logit)``).
     """
 
     output: Tensor
@@ -130,16 +135,18 @@ class HMRNNOutput(NamedTuple):
     log_prob: Tensor
     state: HMRNNState
     layer_log_prob: Tensor
+    boundary_logits: Tensor
 
 
 class HMLSTMCellOutput(NamedTuple):
-    """One step of one :class:`HMLSTMCell`: new ``h``, ``c`` ``(B, H)``, boundary ``z`` and
-    its ``log_prob`` ``(B,)``."""
+    """One step of one :class:`HMLSTMCell`: new ``h``, ``c`` ``(B, H)``, boundary ``z``, its
+    ``log_prob`` and the boundary ``logit`` it was drawn from, ``(B,)``."""
 
     h: Tensor
     c: Tensor
     z: Tensor
     log_prob: Tensor
+    logit: Tensor
 
 
 def _check_size(name: str, value: object) -> int:
@@ -320,8 +327,9 @@ class HMLSTMCell(nn.Module):
             update = (1.0 - flush) * below
             c_new = flush * c_flush + copy * c + update * c_update
             h_new = flush * h_flush + copy * h + update * h_update
-        sample = self.boundary(logit.squeeze(1), context=h_new, generator=generator)
-        return HMLSTMCellOutput(h_new, c_new, sample.value, sample.log_prob)
+        logit = logit.squeeze(1)
+        sample = self.boundary(logit, context=h_new, generator=generator)
+        return HMLSTMCellOutput(h_new, c_new, sample.value, sample.log_prob, logit)
 
     def extra_repr(self) -> str:
         return (
@@ -457,7 +465,7 @@ class _GatedOutputEmbedding(nn.Module):
 
 StepFunction = Callable[
     [Tensor, HMRNNState, Sequence[StepWeight], Tensor | None, torch.Generator | None],
-    tuple[HMRNNState, Tensor],
+    tuple[HMRNNState, Tensor, Tensor],
 ]
 
 
@@ -688,13 +696,14 @@ class HMRNN(nn.Module):
     ) -> tuple[HMRNNState, Tensor]:
         """One step of every layer; ``projected`` is layer 1's ``W_bu x_t + b``.
 
-        Returns the new state (unchanged in rows where ``mask`` is False) and the
-        ``(B, L)`` log-probability of the new boundaries.
+        Returns the new state (unchanged in rows where ``mask`` is False), the
+        ``(B, L)`` log-probability of the new boundaries and their ``(B, L)`` logits.
         """
         h_new: list[Tensor] = []
         c_new: list[Tensor] = []
         z_new: list[Tensor] = []
         log_probs: list[Tensor] = []
+        logits: list[Tensor] = []
         last = self.num_layers - 1
         for l, cell in enumerate(self.layers):
             h, c, z = state.h[l], state.c[l], state.z[l]
@@ -717,7 +726,9 @@ class HMRNN(nn.Module):
                 c_new.append(torch.where(rows, step.c, c))
                 z_new.append(torch.where(mask, step.z, z))
             log_probs.append(step.log_prob)
-        return HMRNNState(tuple(h_new), tuple(c_new), tuple(z_new)), torch.stack(log_probs, 1)
+            logits.append(step.logit)
+        state = HMRNNState(tuple(h_new), tuple(c_new), tuple(z_new))
+        return state, torch.stack(log_probs, 1), torch.stack(logits, 1)
 
     def _advance_function(self) -> StepFunction:
         if not self.compile_step:
@@ -777,20 +788,23 @@ class HMRNN(nn.Module):
         hidden: list[list[Tensor]] = [[] for _ in range(self.num_layers)]
         boundaries: list[Tensor] = []
         log_probs: list[Tensor] = []
+        logits: list[Tensor] = []
         steps = mask.unbind(0) if mask is not None else (None,) * num_steps
         for projected_t, mask_t in zip(projected.unbind(0), steps, strict=True):
-            state, log_prob = advance(projected_t, state, weights, mask_t, generator)
+            state, log_prob, logit = advance(projected_t, state, weights, mask_t, generator)
             for layer, h in zip(hidden, state.h, strict=True):
                 layer.append(h)
             boundaries.append(torch.stack(state.z, dim=1))
             log_probs.append(log_prob)
-        return self._collect(hidden, boundaries, log_probs, state, mask)
+            logits.append(logit)
+        return self._collect(hidden, boundaries, log_probs, logits, state, mask)
 
     def _collect(
         self,
         hidden: list[list[Tensor]],
         boundaries: list[Tensor],
         log_probs: list[Tensor],
+        logits: list[Tensor],
         state: HMRNNState,
         mask: Tensor | None,
     ) -> HMRNNOutput:
@@ -799,11 +813,13 @@ class HMRNN(nn.Module):
         concatenated = torch.cat([torch.stack(h, dim=time_dim) for h in hidden], dim=-1)
         z = torch.stack(boundaries, dim=time_dim)
         log_prob = torch.stack(log_probs, dim=1)  # (B, T, L)
+        logit = torch.stack(logits, dim=time_dim)
         if mask is not None:
             steps = mask.t().unsqueeze(-1)  # (B, T, 1)
             user = steps if self.batch_first else mask.unsqueeze(-1)
             concatenated = torch.where(user, concatenated, 0.0)
             z = torch.where(user, z, 0.0)
+            logit = torch.where(user, logit, 0.0)
             log_prob = torch.where(steps, log_prob, 0.0)
         layer_log_prob = log_prob.sum(dim=1)
         return HMRNNOutput(
@@ -813,6 +829,7 @@ class HMRNN(nn.Module):
             log_prob=layer_log_prob.sum(dim=-1),
             state=state,
             layer_log_prob=layer_log_prob,
+            boundary_logits=logit,
         )
 
     def step(
@@ -838,7 +855,7 @@ class HMRNN(nn.Module):
         first = self.layers[0]
         projected = F.linear(x_t, first.weight_bottom_up, first.bias)
         advance = self._advance_function()
-        state, _ = advance(projected, state, self._step_weights(), None, generator)
+        state, _, _ = advance(projected, state, self._step_weights(), None, generator)
         return self._readout(torch.cat(state.h, dim=-1)), state
 
     # ------------------------------------------------------------------ losses

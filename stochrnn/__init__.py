@@ -32,6 +32,14 @@ from .estimators import (
     StraightThrough,
     Temperature,
 )
+from .hierarchy import (
+    BoundaryRatePrior,
+    HierarchyMeter,
+    HierarchyStats,
+    LayerStats,
+    boundary_probability,
+    hierarchy_stats,
+)
 from .hmrnn import HMRNN, HMLSTMCell, HMRNNOutput, HMRNNState
 
 __version__ = "0.1.0"
@@ -42,6 +50,7 @@ __all__ = [
     "AnnealedTemperature",
     "AttentionOutput",
     "Baseline",
+    "BoundaryRatePrior",
     "ConstantTemperature",
     "Estimator",
     "GumbelSigmoid",
@@ -51,6 +60,9 @@ __all__ = [
     "HMRNNOutput",
     "HMRNNState",
     "HardAttention",
+    "HierarchyMeter",
+    "HierarchyStats",
+    "LayerStats",
     "LearnedTemperature",
     "MovingAverageBaseline",
     "Reinforce",
@@ -60,5 +72,7 @@ __all__ = [
     "StraightThrough",
     "Temperature",
     "__version__",
+    "boundary_probability",
     "doubly_stochastic_penalty",
+    "hierarchy_stats",
 ]

@@ -5,15 +5,15 @@ regions into one vector (HM-AN Eq. 12–21)::
 
     out = att(features, query)        # AttentionOutput(context, weights, log_prob)
 
-=========================  ===============  ===============  ===============
+=========================  ===============  =================
 input / output             one frame        a batch of frames
-=========================  ===============  ===============  ===============
+=========================  ===============  =================
 ``features``               ``(B, N, D)``    ``(B, T, N, D)``
 ``query``                  ``(B, Q)``       ``(B, T, Q)``
 ``context``                ``(B, D)``       ``(B, T, D)``
 ``weights``                ``(B, N)``       ``(B, T, N)``
 ``log_prob``               ``(B,)``         ``(B, T)``
-=========================  ===============  ===============  ===============
+=========================  ===============  =================
 
 ``N = K × K`` is the number of regions, ``D`` the feature size and ``Q`` the
 query size (in HM-AN the query is the first layer's :math:`h^1_{t-1}`). A batch

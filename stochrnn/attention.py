@@ -46,15 +46,18 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from . import functional as F
 from .estimators import (
-    AdaptiveTemperature,
     Baseline,
-    Estimator,
+    EvalMode,
     GumbelSoftmax,
     Reinforce,
-    Sample,
     TemperatureLike,
+    call_estimator,
+    check_context_size,
+    estimator_surrogate_loss,
     require_family,
+    validate_reward,
 )
 
 __all__ = [
@@ -318,11 +321,16 @@ class SoftAttention(_Attention):
     def _weigh(
         self, scores: Tensor, query: Tensor, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor]:
-        weights = torch.softmax(scores.float(), dim=-1)
+        weights = torch.softmax(scores.to(F.compute_dtype(scores.dtype)), dim=-1)
         return weights, scores.new_zeros(scores.shape[:-1])
 
     def surrogate_loss(self, log_prob: Tensor, reward: Tensor) -> Tensor:
-        """Exactly 0: soft attention draws nothing, all its gradient is pathwise."""
+        """Exactly 0: soft attention draws nothing, all its gradient is pathwise.
+
+        ``reward`` is still checked (:func:`~stochrnn.estimators.validate_reward`),
+        so every attention refuses the same rewards.
+        """
+        validate_reward(log_prob, reward, f"{type(self).__name__}.surrogate_loss")
         return torch.zeros((), dtype=log_prob.dtype, device=log_prob.device)
 
 
@@ -407,8 +415,17 @@ class HardAttention(_Attention):
     query_size, num_regions, scoring, feature_size, attention_size:
         As for :class:`SoftAttention`.
     estimator:
-        Any categorical :class:`~stochrnn.Estimator`; ``None``: a fresh
-        ``GumbelSoftmax(0.3)``. A binary estimator raises ``TypeError``.
+        Any module honouring ``est(logits, context=None) -> Sample`` over the
+        last dim (a categorical estimator): a stochrnn
+        :class:`~stochrnn.Estimator` or a module of your own, which need not
+        take ``generator=`` (it is passed only to estimators that accept it) nor
+        declare a ``family``. ``None``: a fresh ``GumbelSoftmax(0.3)``. A module
+        that declares another family (``family == "binary"``) raises
+        ``TypeError``; an adaptive temperature inside it whose
+        ``context_size`` is not ``query_size`` raises ``ValueError``; what the
+        estimator returns is checked at each call (the value of the scores'
+        shape, ``log_prob`` of shape ``(rows,)``; see
+        :func:`~stochrnn.estimators.call_estimator`).
 
     Examples
     --------
@@ -427,7 +444,7 @@ class HardAttention(_Attention):
         self,
         query_size: int,
         num_regions: int,
-        estimator: Estimator | None = None,
+        estimator: nn.Module | None = None,
         *,
         scoring: Scoring = "location",
         feature_size: int | None = None,
@@ -441,21 +458,22 @@ class HardAttention(_Attention):
             attention_size=attention_size,
         )
         estimator = GumbelSoftmax(0.3) if estimator is None else estimator
-        require_family(estimator, "categorical", type(self).__name__)
-        temperature = getattr(estimator, "temperature", None)
-        if isinstance(temperature, AdaptiveTemperature) and (
-            temperature.context_size != query_size
-        ):
-            raise ValueError(
-                f"{type(self).__name__}: the adaptive temperature reads the query of size "
-                f"{query_size}, but was built with context_size={temperature.context_size}"
-            )
+        name = type(self).__name__
+        require_family(estimator, "categorical", name)
+        check_context_size(estimator, query_size, name, "query")
         self.estimator = estimator
 
     def _weigh(
         self, scores: Tensor, query: Tensor, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor]:
-        sample: Sample = self.estimator(scores, query, generator=generator)
+        sample = call_estimator(
+            self.estimator,
+            scores,
+            query,
+            generator=generator,
+            family="categorical",
+            where=f"{type(self).__name__}'s estimator",
+        )
         return sample.value, sample.log_prob
 
     def surrogate_loss(self, log_prob: Tensor, reward: Tensor) -> Tensor:
@@ -465,8 +483,9 @@ class HardAttention(_Attention):
         ``reward`` is ``(B,)`` (one reward per sequence) or of the shape of
         ``log_prob``; see :meth:`stochrnn.Reinforce.surrogate_loss`.
         """
-        loss: Tensor = self.estimator.surrogate_loss(log_prob, reward)
-        return loss
+        return estimator_surrogate_loss(
+            self.estimator, log_prob, reward, f"{type(self).__name__}.surrogate_loss"
+        )
 
 
 class GumbelSoftmaxAttention(HardAttention):
@@ -481,7 +500,9 @@ class GumbelSoftmaxAttention(HardAttention):
     (constant :math:`\tau`, 0.3 in the paper) or a :class:`~stochrnn.Temperature`,
     e.g. ``AdaptiveTemperature(query_size)`` for Eq. 21,
     :math:`\tau = 1 / (\operatorname{softplus}(W h + b) + 1)`, read from the
-    query. ``surrogate_loss`` is exactly 0.
+    query. ``surrogate_loss`` is exactly 0. ``eval_mode`` is the estimator's
+    (:class:`~stochrnn.Estimator`): ``"mode"`` attends to the most likely region
+    in evaluation mode instead of drawing one.
 
     Examples
     --------
@@ -501,11 +522,12 @@ class GumbelSoftmaxAttention(HardAttention):
         scoring: Scoring = "location",
         feature_size: int | None = None,
         attention_size: int | None = None,
+        eval_mode: EvalMode = "sample",
     ) -> None:
         super().__init__(
             query_size,
             num_regions,
-            GumbelSoftmax(temperature),
+            GumbelSoftmax(temperature, eval_mode=eval_mode),
             scoring=scoring,
             feature_size=feature_size,
             attention_size=attention_size,
@@ -525,6 +547,7 @@ class ReinforceAttention(HardAttention):
     In HM-AN the reward is :math:`r = \log p(y \mid l, a)` and the baseline
     :math:`b` a moving average of it (Eq. 18); ``baseline=None`` makes a fresh
     ``MovingAverageBaseline(0.9)`` and ``weight`` is :math:`\lambda`.
+    ``eval_mode`` is the estimator's (:class:`~stochrnn.Estimator`).
 
     Examples
     --------
@@ -546,11 +569,12 @@ class ReinforceAttention(HardAttention):
         scoring: Scoring = "location",
         feature_size: int | None = None,
         attention_size: int | None = None,
+        eval_mode: EvalMode = "sample",
     ) -> None:
         super().__init__(
             query_size,
             num_regions,
-            Reinforce(baseline=baseline, weight=weight, categorical=True),
+            Reinforce(baseline=baseline, weight=weight, categorical=True, eval_mode=eval_mode),
             scoring=scoring,
             feature_size=feature_size,
             attention_size=attention_size,

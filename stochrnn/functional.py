@@ -24,6 +24,7 @@ from torch import Tensor
 __all__ = [
     "binary_log_prob",
     "categorical_log_prob",
+    "compute_dtype",
     "gumbel_noise",
     "gumbel_sigmoid",
     "gumbel_softmax",
@@ -38,9 +39,21 @@ __all__ = [
 UNIFORM_EPS = 1e-6
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype this module computes in for inputs of ``dtype``: float64 for float64,
+    float32 for everything narrower (float16, bfloat16) and for float32.
+
+    Examples
+    --------
+    >>> compute_dtype(torch.bfloat16), compute_dtype(torch.float64)
+    (torch.float32, torch.float64)
+    """
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _compute(logits: Tensor) -> Tensor:
     """``logits`` in the dtype the relaxations compute in: float32, or float64 for float64."""
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return logits.to(compute_dtype(logits.dtype))
 
 
 def uniform_open(
@@ -206,23 +219,29 @@ def binary_log_prob(logits: Tensor, value: Tensor) -> Tensor:
 
     .. math:: \log p(v) = v\,a - \operatorname{softplus}(a)
 
+    Computed in float64 for float64 logits and in float32 otherwise (float16 and
+    bfloat16 lose too much in ``softplus``); returned in the dtype of ``logits``.
+
     Examples
     --------
     >>> binary_log_prob(torch.tensor([0.0, 100.0]), torch.tensor([1.0, 1.0]))
     tensor([-0.6931, 0.0000])
     """
-    a = logits.float()
-    return (value.float() * a - torch.nn.functional.softplus(a)).to(logits.dtype)
+    a = _compute(logits)
+    return (value.to(a.dtype) * a - torch.nn.functional.softplus(a)).to(logits.dtype)
 
 
 def categorical_log_prob(logits: Tensor, value: Tensor, dim: int = -1) -> Tensor:
     """``log Categorical(value; softmax(logits))`` for a one-hot ``value``; ``dim`` is reduced.
+
+    Computed in float64 for float64 logits and in float32 otherwise; returned in
+    the dtype of ``logits``.
 
     Examples
     --------
     >>> categorical_log_prob(torch.zeros(4), torch.tensor([0.0, 1.0, 0.0, 0.0]))
     tensor(-1.3863)
     """
-    log_p = torch.log_softmax(logits.float(), dim=dim)
+    log_p = torch.log_softmax(_compute(logits), dim=dim)
     index = value.argmax(dim=dim, keepdim=True)
     return log_p.gather(dim, index).squeeze(dim).to(logits.dtype)

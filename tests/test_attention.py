@@ -265,9 +265,21 @@ def test_binary_estimator_is_refused(estimator: nn.Module) -> None:
         HardAttention(4, 9, estimator=estimator)  # type: ignore[arg-type]
 
 
-def test_non_estimator_is_refused() -> None:
-    with pytest.raises(TypeError, match="needs a stochrnn Estimator, got Linear"):
-        HardAttention(4, 9, estimator=nn.Linear(2, 2))  # type: ignore[arg-type]
+def test_non_module_estimator_is_refused_at_construction() -> None:
+    with pytest.raises(TypeError, match="needs an estimator: a torch.nn.Module"):
+        HardAttention(4, 9, estimator=lambda a, context=None: a)  # type: ignore[arg-type]
+
+
+def test_module_that_returns_no_sample_is_refused_at_its_first_call() -> None:
+    """A module that declares no family is taken at its word until it is called."""
+
+    class Softmax(nn.Module):  # honours the call's arguments, not its result
+        def forward(self, logits: torch.Tensor, context: object = None) -> torch.Tensor:
+            return logits.softmax(-1)
+
+    att = HardAttention(4, 9, estimator=Softmax())
+    with pytest.raises(TypeError, match=r"must return Sample\(value, log_prob\), got Tensor"):
+        att(torch.randn(2, 9, 3), torch.randn(2, 4))
 
 
 @pytest.mark.parametrize(

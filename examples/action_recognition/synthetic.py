@@ -15,6 +15,10 @@ order, not only which patterns occur::
     class "p2>p1>p0":  the same patterns, reversed
     every frame:       + distractor patterns in other regions + noise
 
+A class is named by its sequence (``p0>p1>p2``, :func:`class_name`: labels, reports and
+plots show it); its videos are in a folder named without shell metacharacters and legal
+on every file system (``p0-p1-p2``, :func:`class_folder`).
+
 What a model should learn: attention on the current sub-action's home
 (pooling every region mixes in the distractors), and boundaries where one
 sub-action gives way to the next. The generator writes a features directory
@@ -38,6 +42,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,6 +57,8 @@ __all__ = [
     "Segment",
     "SyntheticSpec",
     "VideoTruth",
+    "class_folder",
+    "class_name",
     "generate",
     "read_ground_truth",
 ]
@@ -243,6 +250,29 @@ def _render(
     return video.astype(np.float32)
 
 
+def class_name(sequence: Sequence[int]) -> str:
+    """The name of the class of a sub-action sequence, as labels, reports and plots show it.
+
+    Examples
+    --------
+    >>> class_name((0, 2, 1))
+    'p0>p2>p1'
+    """
+    return ">".join(f"p{p}" for p in sequence)
+
+
+def class_folder(sequence: Sequence[int]) -> str:
+    """The folder of a class's videos: its sub-actions joined by ``-``, a name with no
+    shell metacharacter (``>`` is a redirection) and legal on every file system.
+
+    Examples
+    --------
+    >>> class_folder((0, 2, 1))
+    'p0-p2-p1'
+    """
+    return "-".join(f"p{p}" for p in sequence)
+
+
 def generate(out_dir: str | os.PathLike[str], spec: SyntheticSpec | None = None) -> GroundTruth:
     """Write the synthetic dataset to ``out_dir`` (a features directory) and return its truth.
 
@@ -257,14 +287,14 @@ def generate(out_dir: str | os.PathLike[str], spec: SyntheticSpec | None = None)
     home = _home_squares(spec, rng)
     others = np.setdiff1d(np.arange(spec.num_regions), [r for square in home for r in square])
     sequences = _class_sequences(spec, rng)
-    classes = [">".join(f"p{p}" for p in sequence) for sequence in sequences]
+    classes = [class_name(sequence) for sequence in sequences]
     num_test = max(1, round(spec.test_fraction * spec.videos_per_class))
     entries: list[VideoEntry] = []
     truths: dict[str, VideoTruth] = {}
     for label, sequence in enumerate(sequences):
         test = set(rng.choice(spec.videos_per_class, num_test, replace=False).tolist())
         for n in range(spec.videos_per_class):
-            video_id = f"{classes[label]}/v{n:03d}"
+            video_id = f"{class_folder(sequence)}/v{n:03d}"
             actor = _segments(list(sequence), home, spec, rng)
             frames = actor[-1].stop
             background = []

@@ -850,7 +850,8 @@ def validate_reward(
     ValueError: surrogate_loss: a reward of shape (4, 1) does not fit a log_prob of shape ...
     """
     if not isinstance(reward, Tensor):
-        reward = torch.as_tensor(reward, device=log_prob.device)
+        floating = log_prob.dtype if log_prob.is_floating_point() else None
+        reward = torch.as_tensor(reward, dtype=floating, device=log_prob.device)
     if reward.is_complex():
         raise TypeError(f"{where}: the reward must be real, got dtype {reward.dtype}")
     shape, expected = tuple(reward.shape), tuple(log_prob.shape)

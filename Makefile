@@ -12,7 +12,13 @@ demo:
 estimators:
 	$(PY) examples/estimator_demo.py
 
+# The site, strictly: Sphinx builds the API reference from the docstrings (a warning or a
+# broken cross-reference is an error), then MkDocs builds the pages around it and
+# publishes the reference in site/api/ (docs/scripts/hooks.py).
+API_HTML = build/docs-api
 docs:
+	rm -rf $(API_HTML)
+	$(PY) -m sphinx -b html -E -W --keep-going -n -q docs/api $(API_HTML)
 	$(PY) -m mkdocs build --strict
 
 bench:

@@ -1,13 +1,15 @@
 """Build the documentation site, serve it locally and screenshot pages with headless Chromium.
 
-A check that the built pages render (navigation, API reference, equations) in a real
-browser, without a network: the site needs no CDN. Needs ``chromium`` on the PATH
-(Debian: ``apt-get install chromium``)::
+A check that the built pages render in a real browser, without a network (the site needs
+no CDN): the MkDocs pages and the Sphinx API reference published in ``site/api/``, their
+shared navigation, the equations (MathML). Needs ``chromium`` on the PATH (Debian:
+``apt-get install chromium``)::
 
     python scripts/screenshot_docs.py --out /tmp/docs-shots
-    python scripts/screenshot_docs.py --no-build --page api/hmrnn/ --height 3000
+    python scripts/screenshot_docs.py --no-build --page api/stochrnn.hmrnn.html --height 3000
 
-Writes one PNG per page (``index.png``, ``api_estimators.png``, ...) and prints their paths.
+The build is ``make docs`` (Sphinx, then MkDocs). Writes one PNG per page (``index.png``,
+``api_stochrnn.estimators.png``, ...) and prints their paths.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PAGES = ("", "guides/estimators/", "api/estimators/")
+DEFAULT_PAGES = ("", "api/stochrnn.estimators.html", "api/stochrnn.hmrnn.html")
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -83,7 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=Path(tempfile.gettempdir()) / "stochrnn-docs-screenshots"
     )
-    parser.add_argument("--site", type=Path, default=ROOT / "site", help="built site folder")
+    parser.add_argument(
+        "--site", type=Path, default=ROOT / "site", help="built site folder (with --no-build)"
+    )
     parser.add_argument("--no-build", action="store_true", help="use the site as it is")
     parser.add_argument(
         "--page", action="append", help="page path under the site, e.g. api/hmrnn/ (repeat)"
@@ -96,12 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: no chromium on the PATH (Debian: apt-get install chromium)", file=sys.stderr)
         return 1
     if not args.no_build:
-        build = [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(args.site)]
-        subprocess.run(build, cwd=ROOT, check=True)
+        subprocess.run(["make", "docs", f"PY={sys.executable}"], cwd=ROOT, check=True)
+        args.site = ROOT / "site"
     args.out.mkdir(parents=True, exist_ok=True)
     with serve(args.site) as base:
         for page in args.page or DEFAULT_PAGES:
-            name = page.strip("/").replace("/", "_") or "index"
+            name = page.strip("/").removesuffix(".html").replace("/", "_") or "index"
             path = (args.out / f"{name}.png").resolve()
             screenshot(browser, base + page, path, args.width, args.height)
             print(path)

@@ -1,11 +1,12 @@
-"""The documentation stays true: its code runs, its commands exist, its rewriting is right.
+"""The documentation stays true: its code runs, its commands exist, its build parts work.
 
 Each page's ```python blocks run in order in one namespace (a page reads as one
 session), from a temporary directory, with torch's global seed fixed: a page that
 shows a renamed or removed API fails here before it misleads a reader. Every option
 that a page's ```bash blocks pass to a ``python -m examples.…`` command must be in that
-command's ``--help``. The reST-to-Markdown rewriting of docs/scripts/rst_markdown.py
-(used by the API reference) is checked on the constructs the docstrings use.
+command's ``--help``. The parts of the build in docs/scripts are checked without building
+(``make docs`` builds the site, in CI): where the API reference documents each public
+name, the MathML of equations, the links from the MkDocs pages into the Sphinx reference.
 """
 
 from __future__ import annotations
@@ -13,18 +14,15 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import logging
 import re
+import sys
+import zlib
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
-
-from docs.scripts.rst_markdown import (
-    convert_definition_lists,
-    convert_math_directives,
-    convert_simple_tables,
-    rest_to_markdown,
-)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```$", re.MULTILINE | re.DOTALL)
@@ -81,66 +79,101 @@ def test_documented_options_exist(page: str, module: str, options: list[str]) ->
     assert not unknown, f"{page}: {module} has no option {unknown}"
 
 
-def no_resolve(name: str) -> str | None:
-    return None
+def build_script(name: str) -> ModuleType:
+    """A module of docs/scripts, imported as the builds import it (skipped without the
+    ``docs`` extra)."""
+    pytest.importorskip("sphinx")
+    pytest.importorskip("mkdocs")
+    scripts = str(DOCS / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    return importlib.import_module(name)
 
 
-def test_math_directive_with_indented_body_becomes_one_block() -> None:
-    text = "Intro.\n\n.. math::\n    y = a,\\qquad\n    z = b\n\nAfter."
-    assert convert_math_directives(text) == "Intro.\n\n\n$$\ny = a,\\qquad z = b\n$$\n\nAfter."
+def test_every_public_name_is_documented_once_at_its_home() -> None:
+    ext = build_script("sphinx_stochrnn")
+    lay = ext.layout()
+    assert "stochrnn" in lay.modules and "stochrnn.estimators" in lay.modules
+    assert not any("._" in module for module in lay.modules)
+    listed = {(m, n) for m in lay.modules for n in importlib.import_module(m).__all__}
+    assert set(lay.home) == listed
+    # One place documents each object: the full name of its home is listed exactly once.
+    for full in set(lay.home.values()):
+        module, name = full.rsplit(".", 1)
+        assert (module, name) in listed
+    # The package re-exports names; they are documented in their modules, linked from it.
+    assert lay.home[("stochrnn", "Sample")] == "stochrnn.estimators.Sample"
+    assert lay.home[("stochrnn", "__version__")] == "stochrnn.__version__"
 
 
-def test_math_directive_with_aligned_rows_becomes_a_split_environment() -> None:
-    text = ".. math::\n    c &= a \\\\\n    h &= b"
-    expected = "\n$$\n\\begin{split}\nc &= a \\\\\nh &= b\n\\end{split}\n$$\n"
-    assert convert_math_directives(text) == expected
+def test_module_page_documents_its_names_and_links_the_others() -> None:
+    ext = build_script("sphinx_stochrnn")
+    lay = ext.layout()
+    page = ext.module_page("stochrnn.estimators", lay)
+    assert page.startswith("stochrnn.estimators\n===")
+    assert ".. automodule:: stochrnn.estimators" in page
+    assert ".. autoclass:: Sample\n   :members:" in page
+    assert ".. autofunction:: as_temperature" in page
+    package = ext.module_page("stochrnn", lay)
+    assert ":py:obj:`stochrnn.estimators.Sample`" in package
+    assert ".. autoclass:: Sample" not in package
 
 
-def test_inline_math_directive_keeps_its_indent() -> None:
-    assert convert_math_directives("  .. math:: a = b") == "\n  $$\n  a = b\n  $$\n"
+def test_display_equation_with_rows_is_aligned_mathml() -> None:
+    mathml = build_script("mathml")
+    out = mathml.tex_to_mathml("c &= a \\\\\n h &= b", display=True)
+    assert out.startswith("<math") and 'display="block"' in out and "<mtable" in out
+    assert mathml.unknown_commands(out) == []
 
 
-def test_simple_table_becomes_markdown_and_drops_empty_columns() -> None:
-    table = "\n".join(
-        [
-            "=====  =====  ===",
-            "name   shape",
-            "=====  =====  ===",
-            "x      (B,)",
-            "y      (B, T)",
-            "=====  =====  ===",
-        ]
+def test_unknown_tex_command_is_reported() -> None:
+    mathml = build_script("mathml")
+    out = mathml.tex_to_mathml("\\frobnicate x + \\tau", display=False)
+    assert mathml.unknown_commands(out) == ["\\frobnicate"]
+
+
+def test_api_references_become_links_relative_to_the_page(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hooks = build_script("hooks")
+    inventory = {
+        "stochrnn.estimators.Sample": ("class", "api/stochrnn.estimators.html#Sample"),
+        "stochrnn": ("module", "api/index.html#module-stochrnn"),
+    }
+    text = "A [`Sample`][stochrnn.estimators.Sample], the [reference][stochrnn], [x][y]."
+    assert hooks.link_api_references(text, "guides/estimators.md", inventory) == (
+        "A [`Sample`](../api/stochrnn.estimators.html#Sample), "
+        "the [reference](../api/index.html#module-stochrnn), [x][y]."
     )
-    expected = "\n| name | shape |\n| --- | --- |\n| x | (B,) |\n| y | (B, T) |\n"
-    assert convert_simple_tables(table) == expected
+    with caplog.at_level(logging.WARNING):
+        out = hooks.link_api_references("[S][stochrnn.Smaple]", "index.md", inventory)
+    assert out == "[S][stochrnn.Smaple]"
+    assert "documents no stochrnn.Smaple" in caplog.text
 
 
-def test_definition_list_becomes_markdown_but_numpydoc_sections_stay() -> None:
-    text = (
-        "Checks:\n\n``shapes``\n    kept,\n    all\n``values``\n    0/1\n\n"
-        "Parameters\n---\nx:\n    a\n"
+def test_sphinx_inventory_is_read(tmp_path: Path) -> None:
+    hooks = build_script("hooks")
+    body = (
+        "stochrnn py:module 0 index.html#module-stochrnn -\n"
+        "stochrnn.estimators.Sample py:class 1 stochrnn.estimators.html#$ -\n"
+        "genindex std:label -1 genindex.html Index\n"
     )
-    expected = (
-        "Checks:\n\n``shapes``\n:   kept,\n    all\n\n``values``\n:   0/1\n\n\n"
-        "Parameters\n---\nx:\n    a"
-    )
-    assert convert_definition_lists(text) == expected
+    header = b"# Sphinx inventory version 2\n# Project: p\n# Version: 1\n# zlib\n"
+    (tmp_path / "objects.inv").write_bytes(header + zlib.compress(body.encode()))
+    assert hooks.api_inventory(tmp_path) == {
+        "stochrnn": ("module", "api/index.html#module-stochrnn"),
+        "stochrnn.estimators.Sample": (
+            "class",
+            "api/stochrnn.estimators.html#stochrnn.estimators.Sample",
+        ),
+    }
 
 
-def test_roles_become_optional_references_or_code() -> None:
-    def resolve(name: str) -> str | None:
-        return "pkg.mod.Sample" if name == "Sample" else None
-
-    text = "A :class:`Sample`, a :class:`~torch.nn.Module` and :meth:`step`."
-    assert rest_to_markdown(text, resolve) == (
-        'A <autoref identifier="pkg.mod.Sample" optional><code>Sample</code></autoref>, '
-        "a `Module` and `step`."
-    )
-
-
-def test_inline_math_role_and_literal_marker() -> None:
-    text = "Clamped at :math:`\\tau_{min}`, called so::\n\n    est(x)"
-    assert (
-        rest_to_markdown(text, no_resolve)
-        == "Clamped at \\(\\tau_{min}\\), called so:\n\n    est(x)"
-    )
+def test_reference_navigation_is_the_sites() -> None:
+    ext = build_script("sphinx_stochrnn")
+    assert [ext.site_url(p) for p in ("index.md", "guides/hmrnn.md", "a/index.md")] == [
+        "",
+        "guides/hmrnn/",
+        "a/",
+    ]
+    assert {ext.API_SECTION: []} in ext.site_nav()

@@ -6,7 +6,7 @@
   of its ``__all__``. A name listed by several modules (the package re-exports its
   modules' names) is documented once, at its *home*: the shortest public module path
   listing it, the top-level package only for names no other module lists. Other modules
-  list it with a link. New modules and names appear without editing anything here.
+  list it, linked. New modules and names appear without editing anything here.
 - **Cross-references in the scope of the docstring**: ``:class:`Sample``` in a module
   that imports ``Sample`` links to where ``Sample`` is documented, as Python would resolve
   the name there. A name of another project (``torch.Tensor``) renders as code: no
@@ -152,10 +152,14 @@ def module_page(module: str, lay: Layout) -> str:
             lines += ["   :members:", "   :show-inheritance:"]
         lines.append("")
     if elsewhere:
-        lines += [".. rubric:: Also here", ""]
-        lines += [
-            f"- ``{module}.{name}``: :py:obj:`{lay.home[(module, name)]}`" for name in elsewhere
-        ]
+        lines += [".. rubric:: Re-exported here", ""]
+        by_home: dict[str, list[str]] = {}
+        for name in elsewhere:
+            home = lay.home[(module, name)]
+            by_home.setdefault(home.rsplit(".", 1)[0], []).append(home)
+        for home_module, fulls in by_home.items():
+            links = ", ".join(f":py:obj:`~{full}`" for full in fulls)
+            lines.append(f"- from :py:mod:`{home_module}`: {links}")
         lines.append("")
     return "\n".join(lines)
 
@@ -186,7 +190,7 @@ def package_page(app: Sphinx, docname: str, source: list[str]) -> None:
         return
     lay: Layout = app.env.stochrnn_layout  # type: ignore[attr-defined]
     body = module_page(PACKAGE, lay).split("\n", 3)[3]  # without the title
-    toctree = [".. toctree::", "   :maxdepth: 1", ""]
+    toctree = [".. rubric:: Modules", "", ".. toctree::", "   :maxdepth: 1", ""]
     toctree += [f"   {module}" for module in lay.modules if module != PACKAGE]
     source[0] = source[0].replace(marker, body + "\n" + "\n".join(toctree) + "\n")
 
@@ -199,8 +203,17 @@ def numpy_sections(
     the start of its first line up to a colon for a type (``"Trace of the covariance:
     sum(variance)."``); in numpydoc it starts with a sentence, and its type is its
     annotation."""
+    if what in ("data", "attribute") and lines and _is_type_docstring(obj, lines):
+        lines.clear()  # a constant without a doc comment: not the docstring of its type
     what = "method" if what in ("property", "data", "attribute") else what
     napoleon._process_docstring(app, what, name, obj, options, lines)  # type: ignore[arg-type]
+
+
+def _is_type_docstring(obj: object, lines: list[str]) -> bool:
+    doc = inspect.getdoc(type(obj))
+    return bool(doc) and [line.strip() for line in lines if line.strip()] == [
+        line.strip() for line in str(doc).splitlines() if line.strip()
+    ]
 
 
 def skip_namedtuple_fields(
@@ -412,9 +425,16 @@ def join_navigation(
     nav = context.get("nav")
     if nav is None:
         return
+    from sphinx_immaterial.nav_adapt import MkdocsNavEntry
+
     to_root = "../" * (pagename.count("/") + 1)
     pathto = context["pathto"]
-    api = list(nav)
+    root = app.config.root_doc
+    here = pagename == root
+    package = MkdocsNavEntry(
+        PACKAGE, url=pathto(root), children=[], active=here, current=here, caption_only=False
+    )
+    api = [package, *nav]  # as the MkDocs nav lists it: the package, then its modules
     entries = list(nav_entries(site_nav(), to_root, api, pathto(app.config.root_doc), in_api=True))
     nav[:] = entries
     nav.homepage = {"url": to_root}

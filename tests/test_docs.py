@@ -115,7 +115,8 @@ def test_module_page_documents_its_names_and_links_the_others() -> None:
     assert ".. autoclass:: Sample\n   :members:" in page
     assert ".. autofunction:: as_temperature" in page
     package = ext.module_page("stochrnn", lay)
-    assert ":py:obj:`stochrnn.estimators.Sample`" in package
+    assert "- from :py:mod:`stochrnn.estimators`: " in package
+    assert ":py:obj:`~stochrnn.estimators.Sample`" in package
     assert ".. autoclass:: Sample" not in package
 
 

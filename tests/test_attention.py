@@ -24,6 +24,7 @@ from stochrnn import (
     HardAttention,
     Reinforce,
     ReinforceAttention,
+    Sample,
     SoftAttention,
     StraightThrough,
     doubly_stochastic_penalty,
@@ -266,7 +267,7 @@ def test_binary_estimator_is_refused(estimator: nn.Module) -> None:
 
 
 def test_non_module_estimator_is_refused_at_construction() -> None:
-    with pytest.raises(TypeError, match="needs an estimator: a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"needs an estimator: a torch\.nn\.Module"):
         HardAttention(4, 9, estimator=lambda a, context=None: a)  # type: ignore[arg-type]
 
 
@@ -280,6 +281,74 @@ def test_module_that_returns_no_sample_is_refused_at_its_first_call() -> None:
     att = HardAttention(4, 9, estimator=Softmax())
     with pytest.raises(TypeError, match=r"must return Sample\(value, log_prob\), got Tensor"):
         att(torch.randn(2, 9, 3), torch.randn(2, 4))
+
+
+# --------------------------------------------------------------------------- any estimator
+
+
+class ArgmaxOfNoisyScores(nn.Module):
+    """A user's categorical estimator: not a stochrnn Estimator, no ``generator=``
+    keyword, no ``family`` attribute, no ``surrogate_loss`` — only the documented call."""
+
+    def forward(self, logits: torch.Tensor, context: torch.Tensor | None = None) -> Sample:
+        noisy = logits + torch.randn_like(logits)  # torch's global generator
+        value = nn.functional.one_hot(noisy.argmax(-1), logits.shape[-1]).to(logits.dtype)
+        log_prob = (value * logits.log_softmax(-1)).sum(-1)
+        return Sample(value, log_prob)
+
+
+class TakesGenerator(ArgmaxOfNoisyScores):
+    """Records the generator it is given (as any ``**kwargs`` forward would get it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[object] = []
+
+    def forward(
+        self, logits: torch.Tensor, context: torch.Tensor | None = None, **kwargs: object
+    ) -> Sample:
+        self.seen.append(kwargs.get("generator"))
+        return super().forward(logits, context)
+
+
+def test_a_users_module_without_generator_keyword_plugs_in() -> None:
+    att = HardAttention(4, 9, estimator=ArgmaxOfNoisyScores())
+    features = torch.randn(3, 9, 2)
+    out = att(features, torch.randn(3, 4), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.weights.sum(-1), torch.ones(3))
+    assert torch.equal(out.context, features[torch.arange(3), out.weights.argmax(-1)])
+    assert out.log_prob.shape == (3,)
+    # no surrogate_loss of its own: taken as pathwise (0), the reward still checked
+    assert float(att.surrogate_loss(out.log_prob, torch.ones(3))) == 0.0
+    with pytest.raises(ValueError, match=re.escape("reward of shape (3, 1)")):
+        att.surrogate_loss(out.log_prob, torch.ones(3, 1))
+
+
+def test_the_generator_reaches_a_users_module_that_accepts_it() -> None:
+    est = TakesGenerator()
+    att = HardAttention(4, 9, estimator=est)
+    g = torch.Generator().manual_seed(0)
+    att(torch.randn(3, 9, 2), torch.randn(3, 4), generator=g)
+    att(torch.randn(3, 9, 2), torch.randn(3, 4))
+    assert est.seen == [g, None]
+
+
+def test_a_users_module_that_declares_binary_is_refused() -> None:
+    est = ArgmaxOfNoisyScores()
+    est.family = "binary"  # type: ignore[assignment]
+    with pytest.raises(TypeError, match="needs a categorical estimator, got ArgmaxOfNoisyScores"):
+        HardAttention(4, 9, estimator=est)
+
+
+def test_a_users_module_returning_a_binary_log_prob_is_refused_naming_shapes() -> None:
+    class Elementwise(nn.Module):
+        def forward(self, logits: torch.Tensor, context: torch.Tensor | None = None) -> Sample:
+            return GumbelSigmoid()(logits)  # log_prob of shape (B, N), not (B,)
+
+    att = HardAttention(4, 9, estimator=Elementwise())
+    message = "returned a log_prob of shape (3, 9) for logits of shape (3, 9)"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        att(torch.randn(3, 9, 2), torch.randn(3, 4))
 
 
 @pytest.mark.parametrize(

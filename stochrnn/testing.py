@@ -5,7 +5,8 @@ must have — ours or a user's — and raises :class:`EstimatorCheckError` namin
 the first property that broke:
 
 ``shapes``
-    value has the logits' shape and dtype; log_prob has the batch shape.
+    value has the logits' shape and dtype; log_prob has the batch shape and
+    the logits' dtype (float32 and float64 logits are tried).
 ``values``
     hard values are exactly 0/1 (binary) or one-hot rows summing to exactly 1
     (categorical); relaxed values lie in [0, 1] (and rows sum to 1).
@@ -141,6 +142,10 @@ def _check_shapes(est: Estimator, family: str, context: Tensor | None) -> None:
         if tuple(s.log_prob.shape) != expected:
             raise EstimatorCheckError(
                 "shapes", f"log_prob has shape {tuple(s.log_prob.shape)}, expected {expected}"
+            )
+        if s.log_prob.dtype != dtype:
+            raise EstimatorCheckError(
+                "shapes", f"log_prob has dtype {s.log_prob.dtype}, expected {dtype} (the logits')"
             )
 
 

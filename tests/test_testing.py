@@ -55,6 +55,13 @@ class PeekingBaseline(Reinforce):
         return super().surrogate_loss(log_prob, reward) * 0.5
 
 
+class Float32LogProb(GumbelSigmoid):
+    """Computes log_prob in float32 whatever the logits (so float64 gradchecks fail)."""
+
+    def log_prob(self, logits: Tensor, value: Tensor) -> Tensor:
+        return super().log_prob(logits.float(), value.float())
+
+
 class NotOneHot(GumbelSoftmax):
     def sample(self, logits: Tensor, context: Tensor | None = None, *, generator=None) -> Tensor:  # type: ignore[no-untyped-def]
         return super().sample(logits, context, generator=generator) * 0.999
@@ -68,8 +75,16 @@ class NotOneHot(GumbelSoftmax):
         (WrongShape(0.3), "shapes"),
         (PeekingBaseline(categorical=False), "unbiased"),
         (NotOneHot(0.3), "values"),
+        (Float32LogProb(0.3), "shapes"),
     ],
-    ids=["wrong-probabilities", "no-gradient", "wrong-shape", "biased", "not-one-hot"],
+    ids=[
+        "wrong-probabilities",
+        "no-gradient",
+        "wrong-shape",
+        "biased",
+        "not-one-hot",
+        "float32-log-prob",
+    ],
 )
 def test_broken_estimators_fail_naming_the_property(broken: Estimator, prop: str) -> None:
     with pytest.raises(EstimatorCheckError, match=f"'{prop}'") as info:

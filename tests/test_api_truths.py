@@ -128,11 +128,6 @@ def test_attention_in_mode_attends_to_the_highest_score(kind: str) -> None:
     assert torch.equal(out.context, features[torch.arange(8), chosen])
 
 
-@pytest.mark.xfail(
-    reason="the fused HM-RNN step draws known estimators from closed forms (boundary_rule) "
-    "without asking est.eval_mode; the HM-RNN owner is to honour it",
-    strict=False,
-)
 def test_hmrnn_boundaries_in_mode_are_the_logits_sign() -> None:
     rnn = HMRNN(3, 4, num_layers=2, boundary=[GumbelSigmoid(eval_mode="mode") for _ in "ab"])
     out = rnn.eval()(torch.randn(5, 7, 3), generator=seeded())

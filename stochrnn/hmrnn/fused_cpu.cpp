@@ -1,0 +1,443 @@
+// The fused HM-LSTM sequence on the CPU: the forward and the hand-derived backward of
+// stochrnn/hmrnn/fused.py, with each layer-step's elementwise work in one loop over its
+// rows instead of tens of tensor operations. The matrix products stay ATen's.
+// Built at first use by torch.utils.cpp_extension (stochrnn/hmrnn/native.py); the
+// equations and their derivation are in fused.py, which this file must match.
+#include <torch/extension.h>
+
+#include <cmath>
+#include <vector>
+
+namespace {
+
+enum Rule : int64_t {
+  kGumbelHard = 0,
+  kGumbelSoft = 1,
+  kStraightThrough = 2,
+  kStraightThroughStochastic = 3,
+  kReinforce = 4,
+};
+
+template <typename T>
+inline T sigm(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+// The boundary drawn from logit a with noise n (rule.value in boundary.py).
+template <typename T>
+inline T boundary_value(int64_t rule, double param, T a, float n) {
+  switch (rule) {
+    case kGumbelHard:
+    case kReinforce:
+      return (a + static_cast<T>(n)) > T(0) ? T(1) : T(0);
+    case kGumbelSoft:
+      return sigm((a + static_cast<T>(n)) / static_cast<T>(param));
+    case kStraightThrough:
+    case kStraightThroughStochastic: {
+      T p = (static_cast<T>(param) * a + T(1)) * T(0.5);
+      p = p < T(0) ? T(0) : (p > T(1) ? T(1) : p);
+      if (rule == kStraightThrough) return p > T(0.5) ? T(1) : T(0);
+      return static_cast<T>(n) < p ? T(1) : T(0);
+    }
+  }
+  TORCH_CHECK(false, "unknown boundary rule ", rule);
+}
+
+struct Layout {
+  int64_t T, B, L;
+  std::vector<int64_t> H, col, K;  // hidden sizes, column offsets in hidden, input widths
+  int64_t total;
+};
+
+Layout layout(const at::Tensor& projected, const std::vector<int64_t>& sizes) {
+  Layout s;
+  s.T = projected.size(0);
+  s.B = projected.size(1);
+  s.L = static_cast<int64_t>(sizes.size());
+  s.H = sizes;
+  s.col.push_back(0);
+  for (auto h : sizes) s.col.push_back(s.col.back() + h);
+  s.total = s.col.back();
+  for (int64_t l = 0; l < s.L; ++l) {
+    int64_t k = s.H[l] + (l > 0 ? s.H[l - 1] : 0) + (l + 1 < s.L ? s.H[l + 1] : 0);
+    s.K.push_back(k);
+  }
+  return s;
+}
+
+// Optional inputs come from Python as empty tensors.
+inline bool present(const at::Tensor& t) { return t.defined() && t.numel() > 0; }
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return present(t) ? t.data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+std::vector<at::Tensor> forward_impl(
+    const at::Tensor& projected, const std::vector<at::Tensor>& weights_t,
+    const std::vector<at::Tensor>& biases, const std::vector<at::Tensor>& h0,
+    const std::vector<at::Tensor>& c0, const std::vector<at::Tensor>& z0,
+    const std::vector<at::Tensor>& noise, const std::vector<at::Tensor>& dropout,
+    const at::Tensor& mask, const std::vector<int64_t>& rules, const std::vector<double>& params,
+    const std::vector<int64_t>& sizes, bool skip_copy) {
+  const Layout s = layout(projected, sizes);
+  const auto opts = projected.options();
+  at::Tensor hidden = at::empty({s.T, s.B, s.total}, opts);
+  at::Tensor z = at::empty({s.T, s.B, s.L}, opts);
+  at::Tensor logits = at::empty({s.T, s.B, s.L}, opts);
+  std::vector<at::Tensor> cells, acts, c_prev, u, tanh_buffer;
+  for (int64_t l = 0; l < s.L; ++l) {
+    cells.push_back(c0[l].clone());
+    acts.push_back(at::empty({s.T, s.B, 4 * s.H[l] + 1}, opts));
+    c_prev.push_back(at::empty({s.T, s.B, s.H[l]}, opts));
+    u.push_back(at::empty({s.B, s.K[l]}, opts));
+    tanh_buffer.push_back(at::empty({s.B, 2 * s.H[l]}, opts));
+  }
+  T* hid = hidden.data_ptr<T>();
+  T* zo = z.data_ptr<T>();
+  T* lo = logits.data_ptr<T>();
+  const bool* m = present(mask) ? mask.data_ptr<bool>() : nullptr;
+  const int64_t row = s.total;
+  for (int64_t t = 0; t < s.T; ++t) {
+    for (int64_t l = 0; l < s.L; ++l) {
+      const int64_t H = s.H[l], K = s.K[l], N = 4 * H + 1;
+      const int64_t Hb = l > 0 ? s.H[l - 1] : 0;
+      const bool has_above = l + 1 < s.L;
+      T* ub = u[l].data_ptr<T>();
+      const T* drop = present(dropout[l]) ? dropout[l].data_ptr<T>() + t * s.B * Hb : nullptr;
+      // gated inputs u = [z_b x, h, z_p h_above]
+      for (int64_t b = 0; b < s.B; ++b) {
+        const T zp = t > 0 ? zo[((t - 1) * s.B + b) * s.L + l] : z0[l].data_ptr<T>()[b];
+        T* ur = ub + b * K;
+        if (l > 0) {
+          const T zb = zo[(t * s.B + b) * s.L + l - 1];
+          const T* x = hid + (t * s.B + b) * row + s.col[l - 1];
+          for (int64_t k = 0; k < Hb; ++k) ur[k] = zb * (drop ? x[k] * drop[b * Hb + k] : x[k]);
+        }
+        const T* hp = t > 0 ? hid + ((t - 1) * s.B + b) * row + s.col[l]
+                            : h0[l].data_ptr<T>() + b * H;
+        for (int64_t k = 0; k < H; ++k) ur[Hb + k] = hp[k];
+        if (has_above) {
+          const int64_t Ha = s.H[l + 1];
+          const T* ha = t > 0 ? hid + ((t - 1) * s.B + b) * row + s.col[l + 1]
+                              : h0[l + 1].data_ptr<T>() + b * Ha;
+          for (int64_t k = 0; k < Ha; ++k) ur[Hb + H + k] = zp * ha[k];
+        }
+      }
+      at::Tensor act = acts[l][t];
+      const at::Tensor& base = l == 0 ? projected[t] : biases[l];
+      T* a = act.data_ptr<T>();
+      if (skip_copy && l > 0) {
+        // rows in COPY (z_p = 0, z_b = 0) keep their state: only their boundary logit
+        std::vector<int64_t> active;
+        for (int64_t b = 0; b < s.B; ++b) {
+          const T zp = t > 0 ? zo[((t - 1) * s.B + b) * s.L + l] : z0[l].data_ptr<T>()[b];
+          const T zb = zo[(t * s.B + b) * s.L + l - 1];
+          if (zp > T(0) || zb > T(0)) active.push_back(b);
+        }
+        act.zero_();
+        const T* wt = weights_t[l].data_ptr<T>();
+        const T bz = biases[l].data_ptr<T>()[4 * H];
+        for (int64_t b = 0; b < s.B; ++b) {
+          T acc = bz;
+          for (int64_t k = 0; k < K; ++k) acc += ub[b * K + k] * wt[k * N + 4 * H];
+          a[b * N + 4 * H] = acc;
+        }
+        if (!active.empty()) {
+          auto index = torch::tensor(active, torch::kLong);
+          auto part = at::addmm(base, u[l].index_select(0, index), weights_t[l]);
+          const T* pp = part.data_ptr<T>();
+          for (size_t r = 0; r < active.size(); ++r)
+            std::copy(pp + r * N, pp + r * N + 4 * H, a + active[r] * N);
+        }
+      } else {
+        at::addmm_out(act, base, u[l], weights_t[l]);
+      }
+      // the nonlinearities, vectorised by ATen; then c_F = i g, c_U = c_F + f c and their tanh
+      act.narrow(1, 0, 3 * H).sigmoid_();
+      act.narrow(1, 3 * H, H).tanh_();
+      T* cs = cells[l].data_ptr<T>();
+      T* cp = c_prev[l].data_ptr<T>() + t * s.B * H;
+      T* tb = tanh_buffer[l].data_ptr<T>();
+      for (int64_t b = 0; b < s.B; ++b) {
+        const T* ar = a + b * N;
+        for (int64_t k = 0; k < H; ++k) {
+          const T c = cs[b * H + k];
+          cp[b * H + k] = c;
+          const T cf = ar[k] * ar[3 * H + k];
+          tb[b * 2 * H + k] = cf;
+          tb[b * 2 * H + H + k] = cf + ar[H + k] * c;
+        }
+      }
+      at::Tensor tanh_c = at::tanh(tanh_buffer[l]);
+      const T* tc = tanh_c.data_ptr<T>();
+      const float* nz = present(noise[l]) ? noise[l].data_ptr<float>() + t * s.B : nullptr;
+      for (int64_t b = 0; b < s.B; ++b) {
+        const T zp = t > 0 ? zo[((t - 1) * s.B + b) * s.L + l] : z0[l].data_ptr<T>()[b];
+        const T zb = l > 0 ? zo[(t * s.B + b) * s.L + l - 1] : T(1);
+        const bool real = m == nullptr || m[t * s.B + b];
+        const T flush = zp, update = (T(1) - zp) * zb, copy = (T(1) - zp) * (T(1) - zb);
+        const T* ar = a + b * N;
+        T* cr = cs + b * H;
+        const T* cfu = tb + b * 2 * H;
+        const T* tfu = tc + b * 2 * H;
+        const T* hp = t > 0 ? hid + ((t - 1) * s.B + b) * row + s.col[l]
+                            : h0[l].data_ptr<T>() + b * H;
+        T* hn = hid + (t * s.B + b) * row + s.col[l];
+        if (real) {
+          for (int64_t k = 0; k < H; ++k) {
+            const T o = ar[2 * H + k];
+            cr[k] = flush * cfu[k] + update * cfu[H + k] + copy * cr[k];
+            hn[k] = o * (flush * tfu[k] + update * tfu[H + k]) + copy * hp[k];
+          }
+        } else {
+          std::copy(hp, hp + H, hn);
+        }
+        const T logit = ar[4 * H];
+        const T v = boundary_value<T>(rules[l], params[l], logit, nz ? nz[b] : 0.0f);
+        zo[(t * s.B + b) * s.L + l] = real ? v : zp;
+        lo[(t * s.B + b) * s.L + l] = logit;
+      }
+    }
+  }
+  std::vector<at::Tensor> out{hidden, z, logits};
+  out.insert(out.end(), cells.begin(), cells.end());
+  out.insert(out.end(), acts.begin(), acts.end());
+  out.insert(out.end(), c_prev.begin(), c_prev.end());
+  return out;
+}
+
+template <typename T>
+std::vector<at::Tensor> backward_impl(
+    const at::Tensor& projected, const std::vector<at::Tensor>& weights,
+    const std::vector<at::Tensor>& h0, const std::vector<at::Tensor>& z0,
+    const std::vector<at::Tensor>& dropout, const at::Tensor& mask, const at::Tensor& hidden,
+    const at::Tensor& z, const std::vector<at::Tensor>& acts, const std::vector<at::Tensor>& c_prev,
+    const at::Tensor& grad_hidden, const at::Tensor& grad_z, const at::Tensor& grad_logits,
+    const std::vector<at::Tensor>& grad_cells, const at::Tensor& boundary_slope,
+    const std::vector<int64_t>& sizes) {
+  const Layout s = layout(projected, sizes);
+  const auto opts = projected.options();
+  std::vector<at::Tensor> gh, gc, gz, grad_s, gh_prev, gc_prev, tanh_buffer;
+  for (int64_t l = 0; l < s.L; ++l) {
+    gh.push_back(at::zeros({s.B, s.H[l]}, opts));
+    gc.push_back(present(grad_cells[l]) ? grad_cells[l].clone() : at::zeros({s.B, s.H[l]}, opts));
+    gz.push_back(at::zeros({s.B}, opts));
+    grad_s.push_back(at::empty({s.T, s.B, 4 * s.H[l] + 1}, opts));
+    gh_prev.push_back(at::empty({s.B, s.H[l]}, opts));
+    gc_prev.push_back(at::empty({s.B, s.H[l]}, opts));
+    tanh_buffer.push_back(at::empty({s.B, 2 * s.H[l]}, opts));
+  }
+  std::vector<T> g_zp(s.B), g_zb(s.B), g_v(s.B);
+  const T* hid = hidden.data_ptr<T>();
+  const T* zo = z.data_ptr<T>();
+  const T* ogh = ptr_or_null<T>(grad_hidden);
+  const T* ogz = ptr_or_null<T>(grad_z);
+  const T* oga = ptr_or_null<T>(grad_logits);
+  const T* slope = boundary_slope.data_ptr<T>();
+  const bool* m = present(mask) ? mask.data_ptr<bool>() : nullptr;
+  const int64_t row = s.total;
+  for (int64_t t = s.T - 1; t >= 0; --t) {
+    for (int64_t l = s.L - 1; l >= 0; --l) {
+      const int64_t H = s.H[l], N = 4 * H + 1;
+      const int64_t Hb = l > 0 ? s.H[l - 1] : 0;
+      const bool has_above = l + 1 < s.L;
+      T* ghl = gh[l].data_ptr<T>();
+      T* gcl = gc[l].data_ptr<T>();
+      T* gzl = gz[l].data_ptr<T>();
+      T* ghp = gh_prev[l].data_ptr<T>();
+      T* gcp = gc_prev[l].data_ptr<T>();
+      T* gs = grad_s[l].data_ptr<T>() + t * s.B * N;
+      const T* act = acts[l].data_ptr<T>() + t * s.B * N;
+      const T* cpv = c_prev[l].data_ptr<T>() + t * s.B * H;
+      // c_F, c_U of this step and their tanh (vectorised by ATen)
+      T* tb = tanh_buffer[l].data_ptr<T>();
+      for (int64_t b = 0; b < s.B; ++b) {
+        for (int64_t k = 0; k < H; ++k) {
+          const T* ar = act + b * N;
+          const T cf = ar[k] * ar[3 * H + k];
+          tb[b * 2 * H + k] = cf;
+          tb[b * 2 * H + H + k] = cf + ar[H + k] * cpv[b * H + k];
+        }
+      }
+      at::Tensor tanh_c = at::tanh(tanh_buffer[l]);
+      const T* tc = tanh_c.data_ptr<T>();
+      for (int64_t b = 0; b < s.B; ++b) {
+        const bool real = m == nullptr || m[t * s.B + b];
+        T* ghr = ghl + b * H;
+        T* gcr = gcl + b * H;
+        const T* outer = ogh ? ogh + (t * s.B + b) * row + s.col[l] : nullptr;
+        T gv = gzl[b] + (ogz ? ogz[(t * s.B + b) * s.L + l] : T(0));
+        g_v[b] = gv;
+        T* gsr = gs + b * N;
+        if (!real) {  // a padded step: every gradient goes to the state before it
+          for (int64_t k = 0; k < H; ++k) {
+            ghp[b * H + k] = ghr[k] + (outer ? outer[k] : T(0));
+            gcp[b * H + k] = gcr[k];
+          }
+          std::fill(gsr, gsr + N, T(0));
+          g_zp[b] = gv;
+          g_zb[b] = T(0);
+          continue;
+        }
+        const T zp = t > 0 ? zo[((t - 1) * s.B + b) * s.L + l] : z0[l].data_ptr<T>()[b];
+        const T zb = l > 0 ? zo[(t * s.B + b) * s.L + l - 1] : T(1);
+        const T flush = zp, update = (T(1) - zp) * zb, copy = (T(1) - zp) * (T(1) - zb);
+        const T* ar = act + b * N;
+        const T* cr = cpv + b * H;
+        const T* hp = t > 0 ? hid + ((t - 1) * s.B + b) * row + s.col[l]
+                            : h0[l].data_ptr<T>() + b * H;
+        T d_flush = 0, d_update = 0, d_copy = 0;
+        const T* cfu = tb + b * 2 * H;
+        const T* tfu = tc + b * 2 * H;
+        for (int64_t k = 0; k < H; ++k) {
+          const T i = ar[k], f = ar[H + k], o = ar[2 * H + k], g = ar[3 * H + k], c = cr[k];
+          const T gh_k = ghr[k] + (outer ? outer[k] : T(0)), gc_k = gcr[k];
+          const T cf = cfu[k], cu = cfu[H + k];
+          const T tf = tfu[k], tu = tfu[H + k];
+          const T gho = gh_k * o;
+          const T g_o = gh_k * (flush * tf + update * tu);
+          const T g_cu = update * (gc_k + gho * (T(1) - tu * tu));
+          const T g_cf = flush * (gc_k + gho * (T(1) - tf * tf)) + g_cu;
+          d_flush += gho * tf + gc_k * cf;
+          d_update += gho * tu + gc_k * cu;
+          d_copy += gh_k * hp[k] + gc_k * c;
+          gcp[b * H + k] = f * g_cu + copy * gc_k;
+          ghp[b * H + k] = copy * gh_k;
+          gsr[k] = g_cf * g * i * (T(1) - i);
+          gsr[H + k] = g_cu * c * f * (T(1) - f);
+          gsr[2 * H + k] = g_o * o * (T(1) - o);
+          gsr[3 * H + k] = g_cf * i * (T(1) - g * g);
+        }
+        T ga = gv * slope[(t * s.B + b) * s.L + l];
+        if (oga) ga += oga[(t * s.B + b) * s.L + l];
+        gsr[4 * H] = ga;
+        if (l == 0) {
+          g_zp[b] = d_flush - d_update;
+          g_zb[b] = T(0);
+        } else {
+          g_zp[b] = d_flush - (T(1) - zb) * d_copy - zb * d_update;
+          g_zb[b] = (T(1) - zp) * (d_update - d_copy);
+        }
+      }
+      at::Tensor g_u = at::mm(grad_s[l][t], weights[l]);  // (B, K)
+      const T* gu = g_u.data_ptr<T>();
+      const int64_t K = s.K[l];
+      const T* drop = present(dropout[l]) ? dropout[l].data_ptr<T>() + t * s.B * Hb : nullptr;
+      for (int64_t b = 0; b < s.B; ++b) {
+        const bool real = m == nullptr || m[t * s.B + b];
+        const T* gur = gu + b * K;
+        T* ghr = ghl + b * H;
+        T* gcr = gcl + b * H;
+        if (!real) {
+          for (int64_t k = 0; k < H; ++k) {
+            ghr[k] = ghp[b * H + k];
+            gcr[k] = gcp[b * H + k];
+          }
+          gzl[b] = g_v[b];
+          continue;
+        }
+        const T zp = t > 0 ? zo[((t - 1) * s.B + b) * s.L + l] : z0[l].data_ptr<T>()[b];
+        T gzp = g_zp[b];
+        for (int64_t k = 0; k < H; ++k) {
+          ghr[k] = ghp[b * H + k] + gur[Hb + k];
+          gcr[k] = gcp[b * H + k];
+        }
+        if (has_above) {
+          const int64_t Ha = s.H[l + 1];
+          const T* ha = t > 0 ? hid + ((t - 1) * s.B + b) * row + s.col[l + 1]
+                              : h0[l + 1].data_ptr<T>() + b * Ha;
+          T* gha = gh[l + 1].data_ptr<T>() + b * Ha;
+          const T* g_above = gur + Hb + H;
+          for (int64_t k = 0; k < Ha; ++k) {
+            gzp += g_above[k] * ha[k];
+            gha[k] += zp * g_above[k];
+          }
+        }
+        gzl[b] = gzp;
+        if (l > 0) {
+          const T zb = zo[(t * s.B + b) * s.L + l - 1];
+          const T* x = hid + (t * s.B + b) * row + s.col[l - 1];
+          T* ghb = gh[l - 1].data_ptr<T>() + b * Hb;
+          T gzb = g_zb[b];
+          for (int64_t k = 0; k < Hb; ++k) {
+            const T d = drop ? drop[b * Hb + k] : T(1);
+            gzb += gur[k] * x[k] * d;
+            ghb[k] += zb * gur[k] * d;
+          }
+          gz[l - 1].data_ptr<T>()[b] += gzb;
+        }
+      }
+    }
+  }
+  std::vector<at::Tensor> out(grad_s.begin(), grad_s.end());
+  out.insert(out.end(), gh.begin(), gh.end());
+  out.insert(out.end(), gc.begin(), gc.end());
+  out.insert(out.end(), gz.begin(), gz.end());
+  return out;
+}
+
+at::Tensor contiguous(const at::Tensor& t) { return t.defined() ? t.contiguous() : t; }
+
+std::vector<at::Tensor> contiguous(const std::vector<at::Tensor>& ts) {
+  std::vector<at::Tensor> out;
+  for (const auto& t : ts) out.push_back(contiguous(t));
+  return out;
+}
+
+}  // namespace
+
+// Whether the kernels can read these tensors: plain CPU tensors with storage (not the
+// wrappers of torch.func transforms, which have none).
+bool supported(const std::vector<at::Tensor>& tensors) {
+  for (const auto& t : tensors) {
+    if (!t.defined()) continue;
+    if (!t.has_storage() || t.device().type() != at::kCPU || t.is_sparse()) return false;
+  }
+  return true;
+}
+
+std::vector<at::Tensor> forward(
+    const at::Tensor& projected, const std::vector<at::Tensor>& weights_t,
+    const std::vector<at::Tensor>& biases, const std::vector<at::Tensor>& h0,
+    const std::vector<at::Tensor>& c0, const std::vector<at::Tensor>& z0,
+    const std::vector<at::Tensor>& noise, const std::vector<at::Tensor>& dropout,
+    const at::Tensor& mask, const std::vector<int64_t>& rules, const std::vector<double>& params,
+    const std::vector<int64_t>& sizes, bool skip_copy) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(projected.scalar_type(), "hmrnn_fused_forward", [&] {
+    out = forward_impl<scalar_t>(
+        projected.contiguous(), contiguous(weights_t), contiguous(biases), contiguous(h0),
+        contiguous(c0), contiguous(z0), contiguous(noise), contiguous(dropout), contiguous(mask),
+        rules, params, sizes, skip_copy);
+  });
+  return out;
+}
+
+std::vector<at::Tensor> backward(
+    const at::Tensor& projected, const std::vector<at::Tensor>& weights,
+    const std::vector<at::Tensor>& h0, const std::vector<at::Tensor>& z0,
+    const std::vector<at::Tensor>& dropout, const at::Tensor& mask, const at::Tensor& hidden,
+    const at::Tensor& z, const std::vector<at::Tensor>& acts, const std::vector<at::Tensor>& c_prev,
+    const at::Tensor& grad_hidden, const at::Tensor& grad_z, const at::Tensor& grad_logits,
+    const std::vector<at::Tensor>& grad_cells, const at::Tensor& boundary_slope,
+    const std::vector<int64_t>& sizes) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(projected.scalar_type(), "hmrnn_fused_backward", [&] {
+    out = backward_impl<scalar_t>(
+        projected, contiguous(weights), contiguous(h0), contiguous(z0), contiguous(dropout),
+        contiguous(mask), hidden.contiguous(), z.contiguous(), contiguous(acts),
+        contiguous(c_prev), contiguous(grad_hidden), contiguous(grad_z), contiguous(grad_logits),
+        contiguous(grad_cells), boundary_slope.contiguous(), sizes);
+  });
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("supported", &supported, "whether the kernels can read these tensors");
+  m.def("forward", &forward, "the fused HM-LSTM sequence, forward");
+  m.def("backward", &backward, "the fused HM-LSTM sequence, hand-derived backward");
+}

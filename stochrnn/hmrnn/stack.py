@@ -1,0 +1,576 @@
+"""The HM-LSTM stack run over a sequence: :class:`HMRNN`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..estimators import Estimator, GumbelSigmoid, check_context_size, require_family
+from .boundary import boundary_rule
+from .cell import (
+    DEFAULT_BOUNDARY_TEMPERATURE,
+    HMLSTMCell,
+    HMRNNOutput,
+    HMRNNState,
+    _check_size,
+)
+from .fused import FusedSequence, SequenceConfig, _Inputs, run_inference
+
+StepFunction = Callable[
+    [Tensor, HMRNNState, Tensor | None, torch.Generator | None],
+    tuple[HMRNNState, Tensor, Tensor],
+]
+
+__all__ = ["HMRNN"]
+
+
+class _GatedOutputEmbedding(nn.Module):
+    r"""Chung et al.'s output module: :math:`h^e = \mathrm{ReLU}(\sum_l g^l W_l h^l)`,
+    :math:`g^l = \sigma(w_l \cdot [h^1; \dots; h^L])`."""
+
+    sizes: Tensor
+
+    def __init__(self, hidden_sizes: Sequence[int], size: int) -> None:
+        super().__init__()
+        total = sum(hidden_sizes)
+        self.gate = nn.Linear(total, len(hidden_sizes), bias=False)  # rows w_l
+        self.projection = nn.Linear(total, size, bias=False)  # [W_1, ..., W_L]
+        self.register_buffer("sizes", torch.tensor(hidden_sizes), persistent=False)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """``hidden``: ``(..., sum(H_l))``, all layers concatenated."""
+        gates = torch.sigmoid(self.gate(hidden))
+        scaled = hidden * gates.repeat_interleave(self.sizes, dim=-1, output_size=hidden.shape[-1])
+        return torch.relu(self.projection(scaled))
+
+
+class HMRNN(nn.Module):
+    r"""A stack of :class:`HMLSTMCell` run over a sequence (HM-RNN, HM-AN Eq. 1–7).
+
+    See the module docstring for the equations. Each layer has its own boundary
+    detector, the top one included (so it can FLUSH); its logit is the extra
+    column of the layer's pre-activation.
+
+    Parameters
+    ----------
+    input_size:
+        Size of ``x_t``.
+    hidden_size:
+        An int (every layer) or one per layer.
+    num_layers:
+        ``L``.
+    boundary:
+        ``None``: a fresh ``GumbelSigmoid(0.3)`` per layer (HM-AN). One binary
+        :class:`~stochrnn.estimators.Estimator`: that *same instance* in every layer
+        (its state is shared: one learnt temperature, or one REINFORCE baseline
+        updated once per :meth:`surrogate_loss`). A sequence: one estimator per
+        layer. Categorical estimators raise ``TypeError``.
+    batch_first:
+        ``x`` is ``(B, T, input_size)`` (else ``(T, B, input_size)``; ``mask`` and
+        the outputs follow the same layout).
+    dropout:
+        Dropout probability on the bottom-up input of layers 2..L (the hidden state
+        of the layer below), as :class:`torch.nn.LSTM` between its layers.
+    layer_norm:
+        Layer-normalise each layer's summed pre-activation (see :class:`HMLSTMCell`).
+    output_embedding_size:
+        ``None``: ``output`` is all layers' hidden states concatenated. An int ``E``:
+        ``output`` is Chung et al.'s gated output embedding
+        :math:`h^e_t = \mathrm{ReLU}(\sum_l g^l_t W_l h^l_t)` with
+        :math:`g^l_t = \sigma(w_l \cdot [h^1_t; \dots; h^L_t])`, of size ``E``.
+    compile_step:
+        Run the per-step function (all layers, one step) through
+        :func:`torch.compile` (named so as not to shadow :meth:`torch.nn.Module.compile`,
+        which would unroll the whole time loop). Compiling takes tens of seconds;
+        on a 2-core CPU it halves the time of small models (Python-bound) and gains
+        little at 512 hidden units (matrix-bound). Random draws then come from the
+        compiled graph's generator, so sampling estimators give other draws than in
+        eager mode, and the weight gradients are left to autograd (see below).
+
+    Notes
+    -----
+    Speed: layer 1's input product is one matrix product over all steps; each
+    layer then does one product per step, its gated inputs side by side
+    (``[z^{l-1}_t h^{l-1}_t, h^l_{t-1}, z^l_{t-1} h^{l+1}_{t-1}]``); and each weight's
+    gradient is one product over all ``T·B`` rows (:class:`StepWeight`) instead of
+    ``T`` products of ``B`` rows added up. No Python work is done per row. Rows in
+    COPY are not skipped: with a pathwise estimator the blend needs every row's
+    gates for the boundary's gradient, and the boundary logit needs the row's
+    recurrent product at every step.
+
+    Examples
+    --------
+    >>> rnn = HMRNN(input_size=8, hidden_size=[16, 12], num_layers=2)
+    >>> x = torch.randn(4, 10, 8)
+    >>> out = rnn(x)
+    >>> out.output.shape, [h.shape[-1] for h in out.hidden]
+    (torch.Size([4, 10, 28]), [16, 12])
+    >>> more = rnn(x, state=out.state.detach())  # the next chunk (truncated BPTT)
+    >>> y, state = rnn.step(x[:, 0], state=None)  # one step, for models that feed back
+    >>> y.shape
+    torch.Size([4, 28])
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int | Sequence[int],
+        num_layers: int = 3,
+        boundary: Estimator | Sequence[Estimator] | None = None,
+        batch_first: bool = True,
+        dropout: float = 0.0,
+        layer_norm: bool = False,
+        output_embedding_size: int | None = None,
+        compile_step: bool = False,
+        fused: bool = True,
+    ) -> None:
+        super().__init__()
+        self.input_size = _check_size("input_size", input_size)
+        self.num_layers = _check_size("num_layers", num_layers)
+        self.hidden_sizes = self._layer_sizes(hidden_size, num_layers)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.dropout = float(dropout)
+        self.batch_first = batch_first
+        estimators = self._layer_estimators(boundary, num_layers)
+        for l, est in enumerate(estimators):  # an adaptive temperature reads the layer's h
+            check_context_size(
+                est, self.hidden_sizes[l], f"HMRNN boundary of layer {l + 1}", "hidden state"
+            )
+        below = [input_size, *self.hidden_sizes[:-1]]
+        above: list[int | None] = [*self.hidden_sizes[1:], None]
+        self.cells = nn.ModuleList(
+            HMLSTMCell(below[l], self.hidden_sizes[l], above[l], estimators[l], layer_norm)
+            for l in range(num_layers)
+        )
+        self.output_embedding = (
+            None
+            if output_embedding_size is None
+            else _GatedOutputEmbedding(
+                self.hidden_sizes, _check_size("output_embedding_size", output_embedding_size)
+            )
+        )
+        self.compile_step = compile_step
+        self.fused = fused
+        self._compiled_advance: StepFunction | None = None
+
+    @staticmethod
+    def _layer_sizes(hidden_size: int | Sequence[int], num_layers: int) -> tuple[int, ...]:
+        if isinstance(hidden_size, int):
+            return (_check_size("hidden_size", hidden_size),) * num_layers
+        sizes = tuple(hidden_size)
+        if len(sizes) != num_layers:
+            raise ValueError(
+                f"hidden_size needs one size per layer ({num_layers}), got {len(sizes)}: {sizes}"
+            )
+        return tuple(_check_size("hidden_size", s) for s in sizes)
+
+    @staticmethod
+    def _layer_estimators(
+        boundary: Estimator | Sequence[Estimator] | None, num_layers: int
+    ) -> list[Estimator]:
+        if boundary is None:
+            return [GumbelSigmoid(DEFAULT_BOUNDARY_TEMPERATURE) for _ in range(num_layers)]
+        if isinstance(boundary, nn.Module):
+            estimators = [boundary] * num_layers
+        elif not isinstance(boundary, (list, tuple)):
+            raise TypeError(
+                "boundary must be an estimator (a torch.nn.Module called as "
+                "est(logits, context=None) -> Sample), a list of them or None, "
+                f"got {type(boundary).__name__}"
+            )
+        else:
+            estimators = list(boundary)
+            if len(estimators) != num_layers:
+                raise ValueError(
+                    f"boundary needs one estimator per layer ({num_layers}), got {len(estimators)}"
+                )
+        for l, est in enumerate(estimators):
+            require_family(est, "binary", f"HMRNN boundary of layer {l + 1}")
+        return estimators
+
+    @property
+    def layers(self) -> tuple[HMLSTMCell, ...]:
+        """The cells, bottom first (``self.cells`` typed as :class:`HMLSTMCell`)."""
+        return tuple(cast(HMLSTMCell, cell) for cell in self.cells)
+
+    @property
+    def boundaries(self) -> tuple[Estimator, ...]:
+        """The boundary estimator of each layer (the same object repeated when shared)."""
+        return tuple(cell.boundary for cell in self.layers)
+
+    @property
+    def output_size(self) -> int:
+        """The last dimension of ``output`` (and of ``step``'s ``y``)."""
+        if self.output_embedding is not None:
+            return self.output_embedding.projection.out_features
+        return sum(self.hidden_sizes)
+
+    # ------------------------------------------------------------------ state
+
+    def initial_state(
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> HMRNNState:
+        """All zeros: no memory and no boundary before the first step.
+
+        ``device``/``dtype`` default to those of the parameters.
+
+        Examples
+        --------
+        >>> state = HMRNN(3, [4, 2], num_layers=2).initial_state(5)
+        >>> [tuple(h.shape) for h in state.h], tuple(state.z[0].shape)
+        ([(5, 4), (5, 2)], (5,))
+        """
+        reference = self.layers[0].bias
+        device = reference.device if device is None else device
+        dtype = reference.dtype if dtype is None else dtype
+        zeros = [
+            torch.zeros(batch_size, size, device=device, dtype=dtype) for size in self.hidden_sizes
+        ]
+        return HMRNNState(
+            tuple(zeros),
+            tuple(torch.zeros_like(t) for t in zeros),
+            tuple(torch.zeros(batch_size, device=device, dtype=dtype) for _ in zeros),
+        )
+
+    def _check_state(self, state: HMRNNState, batch_size: int) -> None:
+        if not isinstance(state, tuple) or len(state) != 3:
+            raise ValueError(f"state must be an HMRNNState(h, c, z), got {type(state).__name__}")
+        for name, tensors in zip(("h", "c", "z"), state, strict=True):
+            if len(tensors) != self.num_layers:
+                raise ValueError(
+                    f"state.{name} needs one tensor per layer ({self.num_layers}), "
+                    f"got {len(tensors)}"
+                )
+            for l, tensor in enumerate(tensors):
+                expected = (batch_size,) if name == "z" else (batch_size, self.hidden_sizes[l])
+                if tuple(tensor.shape) != expected:
+                    raise ValueError(
+                        f"state.{name}[{l}] expected shape {expected}, got {tuple(tensor.shape)}"
+                    )
+
+    # ------------------------------------------------------------------ running
+
+    def _check_input(self, x: Tensor, dims: int, layout: str) -> None:
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {x!r:.60}")
+        if x.dim() != dims or x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"x expected shape {layout} with input_size={self.input_size}, got {tuple(x.shape)}"
+            )
+
+    def _advance(
+        self,
+        projected: Tensor,
+        state: HMRNNState,
+        mask: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[HMRNNState, Tensor, Tensor]:
+        """One step of every layer through the cells (the per-step path).
+
+        ``projected`` is layer 1's ``W_bu x_t + b``. Returns the new state
+        (unchanged in rows where ``mask`` is False), the ``(B, L)``
+        log-probability of the new boundaries and their ``(B, L)`` logits.
+        """
+        h_new: list[Tensor] = []
+        c_new: list[Tensor] = []
+        z_new: list[Tensor] = []
+        log_probs: list[Tensor] = []
+        logits: list[Tensor] = []
+        last = self.num_layers - 1
+        for l, cell in enumerate(self.layers):
+            h, c, z = state.h[l], state.c[l], state.z[l]
+            parts = [h]
+            if l > 0:
+                below = F.dropout(h_new[l - 1], self.dropout, self.training)
+                parts.insert(0, z_new[l - 1].unsqueeze(1) * below)
+            if l < last:
+                parts.append(z.unsqueeze(1) * state.h[l + 1])
+            inputs = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+            weight = cell.fused_weight(bottom_up=l > 0)
+            s = torch.addmm(projected if l == 0 else cell.bias, inputs, weight.t())
+            step = cell.transition(s, h, c, z, z_new[l - 1] if l > 0 else None, generator=generator)
+            if mask is None:
+                h_new.append(step.h)
+                c_new.append(step.c)
+                z_new.append(step.z)
+            else:
+                rows = mask.unsqueeze(1)
+                h_new.append(torch.where(rows, step.h, h))
+                c_new.append(torch.where(rows, step.c, c))
+                z_new.append(torch.where(mask, step.z, z))
+            log_probs.append(step.log_prob)
+            logits.append(step.logit)
+        state = HMRNNState(tuple(h_new), tuple(c_new), tuple(z_new))
+        return state, torch.stack(log_probs, 1), torch.stack(logits, 1)
+
+    def _advance_function(self) -> StepFunction:
+        if not self.compile_step:
+            return self._advance
+        if self._compiled_advance is None:
+            self._compiled_advance = torch.compile(self._advance)
+        return self._compiled_advance
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The compiled step is bound to this instance: a copy or an unpickled
+        # model compiles its own.
+        state = dict(self.__dict__)
+        state["_compiled_advance"] = None
+        return state
+
+    def _readout(self, hidden: Tensor) -> Tensor:
+        return hidden if self.output_embedding is None else self.output_embedding(hidden)
+
+    def _fused_config(self, device_type: str) -> SequenceConfig | None:
+        """The fused sequence's configuration, or ``None`` when this model needs the per-step path.
+
+        The fused step covers boundary estimators with a closed form
+        (:func:`~stochrnn.hmrnn.boundary.boundary_rule`), no layer norm, eager
+        mode (not ``compile_step``) and no autocast.
+        """
+        if not self.fused or self.compile_step or self.layers[0].norm is not None:
+            return None
+        if torch.is_autocast_enabled(device_type):
+            return None
+        rules = [boundary_rule(est) for est in self.boundaries]
+        if any(rule is None for rule in rules):
+            return None
+        return SequenceConfig(self.hidden_sizes, tuple(r for r in rules if r is not None))
+
+    def _run(
+        self,
+        steps_first: Tensor,
+        state: HMRNNState,
+        mask: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, HMRNNState]:
+        """All steps, time-major: ``hidden (T, B, sum H)``, ``z``, ``logits``, ``log_prob``
+        ``(T, B, L)`` and the last state (padded steps carry the state unchanged)."""
+        first = self.layers[0]
+        projected = F.linear(steps_first, first.weight_bottom_up, first.bias)
+        config = self._fused_config(projected.device.type)
+        if config is None:
+            return self._run_per_step(projected, state, mask, generator)
+        return self._run_fused(config, projected, state, mask, generator)
+
+    def _run_per_step(
+        self,
+        projected: Tensor,
+        state: HMRNNState,
+        mask: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, HMRNNState]:
+        advance = self._advance_function()
+        hidden: list[Tensor] = []
+        z: list[Tensor] = []
+        log_probs: list[Tensor] = []
+        logits: list[Tensor] = []
+        steps = mask.unbind(0) if mask is not None else (None,) * projected.shape[0]
+        for projected_t, mask_t in zip(projected.unbind(0), steps, strict=True):
+            state, log_prob, logit = advance(projected_t, state, mask_t, generator)
+            hidden.append(torch.cat(state.h, dim=-1))
+            z.append(torch.stack(state.z, dim=1))
+            log_probs.append(log_prob)
+            logits.append(logit)
+        stack = torch.stack
+        return stack(hidden), stack(z), stack(logits), stack(log_probs), state
+
+    def _run_fused(
+        self,
+        config: SequenceConfig,
+        projected: Tensor,
+        state: HMRNNState,
+        mask: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, HMRNNState]:
+        num_steps, batch = projected.shape[:2]
+        L = self.num_layers
+        noise: list[list[Tensor]] = [[] for _ in range(L)]
+        dropout: list[list[Tensor]] = [[] for _ in range(L)]
+        drops = self.training and self.dropout > 0
+        shape = torch.Size((batch,))
+        for _ in range(num_steps):  # the draws of the per-step path, in its order
+            for l, rule in enumerate(config.rules):
+                if drops and l > 0:
+                    ones = projected.new_ones(batch, self.hidden_sizes[l - 1])
+                    dropout[l].append(F.dropout(ones, self.dropout, True))
+                drawn = rule.draw(shape, projected.device, generator)
+                if drawn is not None:
+                    noise[l].append(drawn)
+        inputs = _Inputs(
+            projected=projected,
+            weights=[cell.fused_weight(bottom_up=l > 0) for l, cell in enumerate(self.layers)],
+            biases=[None if l == 0 else cell.bias for l, cell in enumerate(self.layers)],
+            h0=list(state.h),
+            c0=list(state.c),
+            z0=list(state.z),
+            noise=[torch.stack(n) if n else None for n in noise],
+            dropout=[torch.stack(d) if d else None for d in dropout],
+            mask=mask,
+        )
+        tensors = [t for t in inputs.flatten() if isinstance(t, Tensor)]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            results: tuple[Tensor, ...] = FusedSequence.apply(  # type: ignore[no-untyped-call]
+                config, *inputs.flatten()
+            )
+            hidden, z, logits = results[:3]
+            cells = list(results[3 : 3 + L])
+        else:
+            skip = not torch.is_grad_enabled() and all(
+                bool(((zs == 0) | (zs == 1)).all()) for zs in state.z
+            )
+            out = run_inference(inputs, replace(config, skip_copy=skip))
+            hidden, z, logits, cells = out.hidden, out.z, out.logits, out.cells
+        log_prob = torch.stack(
+            [rule.log_prob(logits[..., l], z[..., l]) for l, rule in enumerate(config.rules)],
+            dim=-1,
+        )
+        last = HMRNNState(
+            tuple(torch.split(hidden[-1], list(self.hidden_sizes), dim=-1)),
+            tuple(cells),
+            tuple(z[-1].unbind(-1)),
+        )
+        return hidden, z, logits, log_prob, last
+
+    def forward(
+        self,
+        x: Tensor,
+        state: HMRNNState | None = None,
+        mask: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> HMRNNOutput:
+        """Run the whole sequence.
+
+        Parameters
+        ----------
+        x:
+            ``(B, T, input_size)`` (``(T, B, input_size)`` when not ``batch_first``).
+        state:
+            The state to start from (e.g. ``out.state`` of the previous chunk);
+            ``None``: :meth:`initial_state`.
+        mask:
+            ``(B, T)`` (``(T, B)`` when not ``batch_first``), true (non-zero) at real
+            steps. At padded steps no state changes, the boundary and ``log_prob``
+            are 0, and ``output``/``hidden`` are 0.
+        generator:
+            Passed to every boundary estimator, for reproducible draws.
+        """
+        self._check_input(x, 3, "(B, T, input)" if self.batch_first else "(T, B, input)")
+        steps_first = x if not self.batch_first else x.transpose(0, 1)
+        num_steps, batch_size = steps_first.shape[:2]
+        if num_steps == 0:
+            raise ValueError(f"x has no time steps: shape {tuple(x.shape)}")
+        if mask is not None:
+            if tuple(mask.shape) != tuple(x.shape[:2]):
+                raise ValueError(
+                    f"mask expected shape {tuple(x.shape[:2])} (the first two dims of x), "
+                    f"got {tuple(mask.shape)}"
+                )
+            mask = mask != 0
+            mask = mask if not self.batch_first else mask.t()
+        if state is None:
+            state = self.initial_state(batch_size, x.device, x.dtype)
+        else:
+            self._check_state(state, batch_size)
+        hidden, z, logits, log_prob, last = self._run(steps_first, state, mask, generator)
+        if mask is not None:
+            steps = mask.unsqueeze(-1)  # (T, B, 1)
+            hidden = torch.where(steps, hidden, 0.0)
+            z = torch.where(steps, z, 0.0)
+            logits = torch.where(steps, logits, 0.0)
+            log_prob = torch.where(steps, log_prob, 0.0)
+        if self.batch_first:
+            hidden, z, logits = hidden.transpose(0, 1), z.transpose(0, 1), logits.transpose(0, 1)
+        layer_log_prob = log_prob.sum(dim=0)
+        return HMRNNOutput(
+            output=self._readout(hidden),
+            hidden=tuple(torch.split(hidden, list(self.hidden_sizes), dim=-1)),
+            boundaries=z,
+            log_prob=layer_log_prob.sum(dim=-1),
+            state=last,
+            layer_log_prob=layer_log_prob,
+            boundary_logits=logits,
+        )
+
+    def step(
+        self,
+        x_t: Tensor,
+        state: HMRNNState | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, HMRNNState]:
+        """One time step: ``y, state = rnn.step(x_t, state)``.
+
+        ``x_t``: ``(B, input_size)``; ``y``: ``(B, output_size)``, the same as
+        ``output`` at that step of :meth:`forward`. The new boundaries are
+        ``state.z``. When you also need the boundaries' log-probability (REINFORCE
+        boundaries), call ``rnn(x_t.unsqueeze(1), state)`` instead, which is the
+        same step with the full :class:`HMRNNOutput`.
+        """
+        self._check_input(x_t, 2, "(B, input)")
+        if state is None:
+            state = self.initial_state(x_t.shape[0], x_t.device, x_t.dtype)
+        else:
+            self._check_state(state, x_t.shape[0])
+        hidden, _, _, _, state = self._run(x_t.unsqueeze(0), state, None, generator)
+        return self._readout(hidden[0]), state
+
+    # ------------------------------------------------------------------ losses
+
+    def surrogate_loss(self, log_prob: Tensor, reward: Tensor) -> Tensor:
+        """The boundary estimators' surrogate loss (0 when all are pathwise).
+
+        ``log_prob`` is ``out.log_prob`` ``(B,)`` or ``out.layer_log_prob``
+        ``(B, L)``. Each distinct estimator is called once, on the log-probability
+        of the layers it serves, and the results are summed; so a shared
+        REINFORCE estimator updates its baseline once per call. When layers use
+        *different* score-function estimators, their shares of the total cannot be
+        told apart: pass ``out.layer_log_prob``.
+
+        Examples
+        --------
+        >>> from stochrnn import Reinforce
+        >>> rnn = HMRNN(3, 4, num_layers=2, boundary=Reinforce(categorical=False))
+        >>> out = rnn(torch.randn(5, 6, 3))
+        >>> reward = -out.output.detach().pow(2).mean(dim=(1, 2))
+        >>> loss = rnn.surrogate_loss(out.log_prob, reward)
+        >>> loss.backward()
+        """
+        groups: dict[int, tuple[Estimator, list[int]]] = {}
+        for l, est in enumerate(self.boundaries):
+            groups.setdefault(id(est), (est, []))[1].append(l)
+        if log_prob.dim() == 2:
+            if log_prob.shape[1] != self.num_layers:
+                raise ValueError(
+                    f"log_prob of shape (B, L) needs L={self.num_layers}, "
+                    f"got {tuple(log_prob.shape)}"
+                )
+            terms = [
+                est.surrogate_loss(log_prob[:, layers].sum(dim=1), reward)
+                for est, layers in groups.values()
+            ]
+            return torch.stack(terms).sum()
+        if len(groups) > 1 and not all(est.pathwise for est, _ in groups.values()):
+            raise ValueError(
+                "the layers use different score-function estimators, so the summed "
+                f"log_prob of shape {tuple(log_prob.shape)} cannot be split between them: "
+                "pass out.layer_log_prob, shape (B, L)"
+            )
+        terms = [est.surrogate_loss(log_prob, reward) for est, _ in groups.values()]
+        return torch.stack(terms).sum()
+
+    def extra_repr(self) -> str:
+        return (
+            f"input_size={self.input_size}, hidden_size={list(self.hidden_sizes)}, "
+            f"num_layers={self.num_layers}, batch_first={self.batch_first}, "
+            f"dropout={self.dropout}, compile_step={self.compile_step}"
+        )

@@ -18,8 +18,13 @@ is refused with its dotted name::
     hidden_size = 1024     # units per layer
     num_layers = 3
     dropout = 0.0          # on the classifier's input
-    boundary_temperature = 0.3   # Gumbel-sigmoid tau of the boundaries (not for lstm_soft)
-    layer_norm = false           # (not for lstm_soft)
+    layer_norm = false           # (not for lstm_soft; nor are the boundary keys below)
+    boundary = "gumbel_sigmoid"  # learnt boundaries (Eq. 10-11); controls, which take no
+                                 #   other boundary key: "always" (every boundary 1) or
+                                 #   "update" (every layer UPDATEs: a stacked LSTM)
+    boundary_temperature = 0.3   # Gumbel-sigmoid tau of the boundaries
+    boundary_prior_weight = 0.0  # weight of the boundary-rate prior (0: none, as the paper)
+    boundary_prior_target = [0.2, 0.2, 0.2]  # its target rate per layer (only when weight > 0)
 
     [attention]            # keys depend on the variant, see ATTENTION_KEYS
     scoring = "location"   # Eq. 12 (scores from h alone) or "additive"
@@ -66,6 +71,9 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "ATTENTION_KEYS",
+    "BOUNDARIES",
+    "HMRNN_KEYS",
+    "LEARNT_BOUNDARY_KEYS",
     "VARIANTS",
     "AttentionConfig",
     "Config",
@@ -100,7 +108,19 @@ ATTENTION_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 #: Keys of the ``[model]`` table that only the HM-AN variants take.
-HMRNN_KEYS = ("boundary_temperature", "layer_norm")
+HMRNN_KEYS = (
+    "layer_norm",
+    "boundary",
+    "boundary_temperature",
+    "boundary_prior_weight",
+    "boundary_prior_target",
+)
+
+#: How an HM-AN's boundaries are made: learnt (Gumbel-sigmoid, the paper), or a control.
+BOUNDARIES = ("gumbel_sigmoid", "always", "update")
+
+#: ``[model]`` keys that only learnt boundaries take (``boundary = "gumbel_sigmoid"``).
+LEARNT_BOUNDARY_KEYS = ("boundary_temperature", "boundary_prior_weight", "boundary_prior_target")
 
 
 @dataclass(frozen=True)
@@ -115,13 +135,33 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """``[model]``: the recurrent network. HM-RNN keys are ``None`` for ``lstm_soft``."""
+    """``[model]``: the recurrent network. HM-RNN keys are ``None`` for ``lstm_soft``.
+
+    Attributes
+    ----------
+    boundary:
+        ``"gumbel_sigmoid"``: boundaries drawn by Gumbel-sigmoid at
+        ``boundary_temperature`` (Eq. 10-11). Two controls with nothing learnt
+        about when to fire: ``"always"``, every boundary is 1 at every step
+        (every layer FLUSHes and hands its state up at every step); ``"update"``,
+        every layer UPDATEs at every step (its input from below always on, its
+        memory never flushed: a stacked LSTM with HM-AN's wiring, see
+        :class:`.model.StackedLSTMHMAN`).
+    boundary_prior_weight:
+        Weight of the boundary-rate prior (:func:`.model.boundary_prior`) added to
+        the loss; 0: none (the paper's objective).
+    boundary_prior_target:
+        Its target firing rate, one per layer (``None`` when the weight is 0).
+    """
 
     hidden_size: int
     num_layers: int
     dropout: float
-    boundary_temperature: float | None = None
     layer_norm: bool | None = None
+    boundary: Literal["gumbel_sigmoid", "always", "update"] | None = None
+    boundary_temperature: float | None = None
+    boundary_prior_weight: float | None = None
+    boundary_prior_target: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -198,6 +238,11 @@ class Config:
         """True for the four HM-AN variants, False for the LSTM baseline."""
         return self.variant != "lstm_soft"
 
+    @property
+    def has_prior(self) -> bool:
+        """True when the loss has a boundary-rate prior (a weight > 0)."""
+        return bool(self.model.boundary_prior_weight)
+
 
 # --------------------------------------------------------------------------- value checks
 
@@ -268,6 +313,15 @@ def _string(key: str, value: Any) -> str:
     return value
 
 
+def _rates(key: str, value: Any) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"config key {key!r}: expected a list of rates in (0, 1), got {value!r}")
+    rates = tuple(_number(key, v) for v in value)
+    if not all(0.0 < r < 1.0 for r in rates):
+        raise ValueError(f"config key {key!r}: expected rates in (0, 1), got {value!r}")
+    return rates
+
+
 def _one_of(*choices: str) -> Check:
     def check(key: str, value: Any) -> str:
         if value not in choices:
@@ -288,8 +342,11 @@ _SECTIONS: dict[str, dict[str, Check]] = {
         "hidden_size": _positive_int,
         "num_layers": _positive_int,
         "dropout": _probability,
-        "boundary_temperature": _positive_finite,
         "layer_norm": _bool,
+        "boundary": _one_of(*BOUNDARIES),
+        "boundary_temperature": _positive_finite,
+        "boundary_prior_weight": _non_negative_finite,
+        "boundary_prior_target": _rates,
     },
     "attention": {
         "scoring": _one_of("location", "additive"),
@@ -316,10 +373,16 @@ _SECTIONS: dict[str, dict[str, Check]] = {
 _TOP_LEVEL: dict[str, Check] = {"variant": _one_of(*VARIANTS), "seed": _int}
 
 
-def _expected_keys(variant: str) -> dict[str, tuple[str, ...]]:
+def _expected_keys(variant: str, model_table: Any = None) -> dict[str, tuple[str, ...]]:
+    """The keys of each table; which boundary keys ``[model]`` takes depends on its values."""
     model = tuple(_SECTIONS["model"])
+    table = model_table if isinstance(model_table, Mapping) else {}
     if variant == "lstm_soft":
         model = tuple(k for k in model if k not in HMRNN_KEYS)
+    elif table.get("boundary") in ("always", "update"):
+        model = tuple(k for k in model if k not in LEARNT_BOUNDARY_KEYS)
+    elif table.get("boundary_prior_weight", 1) == 0:
+        model = tuple(k for k in model if k != "boundary_prior_target")
     return {
         "data": tuple(_SECTIONS["data"]),
         "model": model,
@@ -350,6 +413,26 @@ def _section(name: str, table: Any, expected: tuple[str, ...]) -> dict[str, Any]
     return {key: checks[key](f"{name}.{key}", table[key]) for key in expected}
 
 
+def _check_boundary_choice(variant: str, table: Any) -> None:
+    """Check the ``[model]`` values that decide which boundary keys are expected."""
+    if variant == "lstm_soft" or not isinstance(table, Mapping):
+        return
+    checks = _SECTIONS["model"]
+    if "boundary" in table:
+        checks["boundary"]("model.boundary", table["boundary"])
+    if table.get("boundary") in ("always", "update"):
+        return
+    if "boundary_prior_weight" in table:
+        weight = checks["boundary_prior_weight"](
+            "model.boundary_prior_weight", table["boundary_prior_weight"]
+        )
+        if weight == 0 and "boundary_prior_target" in table:
+            raise ValueError(
+                "config key 'model.boundary_prior_target' is taken only when "
+                "model.boundary_prior_weight > 0 (it is 0: no prior)"
+            )
+
+
 def parse_config(document: Mapping[str, Any]) -> Config:
     """Check a parsed TOML document and build the :class:`Config`.
 
@@ -362,10 +445,23 @@ def parse_config(document: Mapping[str, Any]) -> Config:
     if variant is None:
         raise ValueError("missing config key 'variant'")
     variant = _TOP_LEVEL["variant"]("variant", variant)
-    expected = _expected_keys(variant)
+    _check_boundary_choice(variant, document.get("model"))
+    expected = _expected_keys(variant, document.get("model"))
     _check_keys("", document, (*_TOP_LEVEL, *expected))
     seed = _TOP_LEVEL["seed"]("seed", document["seed"])
     tables = {name: _section(name, document[name], keys) for name, keys in expected.items()}
+    if tables["model"].get("boundary") == "update" and tables["model"].get("layer_norm"):
+        raise ValueError(
+            "config key 'model.layer_norm': expected false with model.boundary = \"update\" "
+            "(its LSTM layers have no layer norm), got true"
+        )
+    target = tables["model"].get("boundary_prior_target")
+    layers = tables["model"]["num_layers"]
+    if target is not None and len(target) != layers:
+        raise ValueError(
+            f"config key 'model.boundary_prior_target': expected one rate per layer "
+            f"({layers}), got {len(target)}"
+        )
     return Config(
         variant=cast(Variant, variant),
         seed=seed,
@@ -402,7 +498,11 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     """
     document = asdict(config)
     for name in _SECTIONS:
-        document[name] = {k: v for k, v in document[name].items() if v is not None}
+        document[name] = {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in document[name].items()
+            if v is not None
+        }
     return document
 
 
@@ -425,10 +525,12 @@ def example_config(variant: Variant = "gumbel_hard") -> dict[str, Any]:
         "hidden_size": 16,
         "num_layers": 3,
         "dropout": 0.0,
-        "boundary_temperature": 0.3,
         "layer_norm": False,
+        "boundary": "gumbel_sigmoid",
+        "boundary_temperature": 0.3,
+        "boundary_prior_weight": 0.0,
     }
-    expected = _expected_keys(variant)
+    expected = _expected_keys(variant, model)
     return {
         "variant": variant,
         "seed": 0,

@@ -8,14 +8,21 @@
 1. writes the synthetic dataset of :mod:`.synthetic` (actors performing
    ordered sub-actions in moving 2×2 "home" regions among distractors) as a
    features directory, ``DIR/features``;
-2. trains the five variants with ``configs/demo/<variant>.toml`` into
-   ``DIR/runs/<variant>`` (a run already there is resumed, so a finished one
+2. trains the five variants with ``configs/demo/<variant>.toml`` and the
+   controls of :data:`CONTROLS` with ``configs/demo/<control>.toml`` into
+   ``DIR/runs/<name>`` (a run already there is resumed, so a finished one
    is not trained again, and one trained for fewer than ``--iterations`` is
    trained on);
 3. evaluates them together into ``DIR/report.md`` and ``DIR/plots/``: the
    accuracy table, the share of attention on the actor, how the boundaries meet
-   the sub-action changes, the training curves, confusion matrices, attention
-   maps and boundaries through time.
+   the sub-action changes, each layer's hierarchy (firing rate, operations,
+   input from below, segments, cut off or not), the training curves, confusion
+   matrices, attention maps and boundaries through time.
+
+The controls show what the learnt hierarchy adds: the soft HM-AN with every
+boundary forced to 1, the same wiring with every layer UPDATEing at every step
+(a stacked LSTM), and the LSTM baseline at HM-AN's clip length (the baseline
+itself reads clips half as long, as in the paper).
 
 ``--seed N`` draws the data and every run from seed ``N`` instead of 0; each
 seed needs its own ``--out`` (the scores of this small demo move with the
@@ -42,10 +49,17 @@ from .evaluate import evaluate_run, write_report
 from .synthetic import SyntheticSpec, generate, read_ground_truth
 from .train import CHECKPOINT_NAME, train
 
-__all__ = ["CONFIG_DIR", "main", "run_demo"]
+__all__ = ["CONFIG_DIR", "CONTROLS", "main", "run_demo"]
 
 #: Where the demo's config files are.
 CONFIG_DIR = Path(__file__).parent / "configs" / "demo"
+
+#: The controls (config file stem: name in the report), trained after the five variants.
+CONTROLS: dict[str, str] = {
+    "soft_always": "Control: Soft Attention, every boundary 1",
+    "soft_update": "Control: Soft Attention, every layer UPDATEs (stacked LSTM)",
+    "lstm_soft_clip32": "Control: Baseline at HM-AN's clip length (32 frames)",
+}
 
 
 def run_demo(
@@ -53,12 +67,13 @@ def run_demo(
     *,
     device: str = "cpu",
     variants: Sequence[str] = VARIANTS,
+    controls: Sequence[str] = tuple(CONTROLS),
     spec: SyntheticSpec | None = None,
     seed: int | None = None,
     iterations: int | None = None,
     progress: bool = True,
 ) -> Path:
-    """Generate the data, train ``variants`` and write the report; returns the report's path.
+    """Generate the data, train ``variants`` and ``controls``, write the report; returns its path.
 
     ``seed`` replaces the seed of the data (``spec.seed``) and of every config;
     ``iterations`` the configs' ``train.iterations`` (None: as in the files).
@@ -74,10 +89,13 @@ def run_demo(
             "give this one another output directory"
         )
     generate(features, spec)
+    unknown = [c for c in controls if c not in CONTROLS]
+    if unknown:
+        raise ValueError(f"unknown controls {unknown} (expected some of {list(CONTROLS)})")
     runs = []
-    for variant in variants:
-        run_dir = out / "runs" / variant
-        config = load_config(CONFIG_DIR / f"{variant}.toml")
+    for name in (*variants, *controls):
+        run_dir = out / "runs" / name
+        config = load_config(CONFIG_DIR / f"{name}.toml")
         if seed is not None:
             config = replace(config, seed=seed)
         if iterations is not None:
@@ -85,7 +103,7 @@ def run_demo(
         resume = (run_dir / CHECKPOINT_NAME).exists()
         train(config, features, run_dir, device=device, resume=resume, progress=progress)
         runs.append(run_dir)
-    evaluations = [evaluate_run(run, device=device) for run in runs]
+    evaluations = [evaluate_run(run, device=device, name=CONTROLS.get(run.name)) for run in runs]
     return write_report(evaluations, out)
 
 

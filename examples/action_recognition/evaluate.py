@@ -10,7 +10,10 @@ Each run's test videos are cut into consecutive blocks of ``eval_clip_len``
 frames; the per-step class probabilities are averaged over each block's real
 frames, and the blocks' averages over the video (Section IV.A). Then:
 accuracy, mean class accuracy, per-class average precision and its mean (the
-Olympic Sports metric), the confusion matrix. On the synthetic dataset
+Olympic Sports metric), the confusion matrix; for the HM-AN variants, the
+hierarchy on the test blocks, per layer (:func:`stochrnn.hierarchy_stats`:
+firing rate, UPDATE/COPY/FLUSH shares, share of frames with input from below,
+segment lengths, and whether the layer is cut off). On the synthetic dataset
 (:mod:`.synthetic`), also the share of attention on the actor and how the
 boundaries of each layer line up with the sub-action changes.
 
@@ -43,6 +46,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from torch.utils.data import DataLoader
+
+from stochrnn import HierarchyMeter, HierarchyStats
 
 from . import plots
 from .config import Config, load_config
@@ -147,6 +152,8 @@ class RunEvaluation:
     boundaries:
         Per layer, how its boundaries meet the sub-action changes (synthetic
         HM-AN runs only, else ``None``).
+    hierarchy:
+        Per layer, the hierarchy on the test blocks (HM-AN runs only, else ``None``).
     """
 
     name: str
@@ -164,6 +171,7 @@ class RunEvaluation:
     confusion: npt.NDArray[np.int64]
     attention_on_target: float | None
     boundaries: list[BoundaryAlignment] | None
+    hierarchy: HierarchyStats | None
     example: VideoTrace
     example_target: npt.NDArray[np.bool_] | None
     example_changes: list[int] | None
@@ -192,8 +200,8 @@ def _predict(
     dataset: ClipDataset,
     device: torch.device,
     batch_size: int,
-) -> tuple[npt.NDArray[np.float64], list[int], dict[int, VideoTrace]]:
-    """Block scores ``(M, C)``, each block's video, and every video's trace."""
+) -> tuple[npt.NDArray[np.float64], list[int], dict[int, VideoTrace], HierarchyStats | None]:
+    """Block scores ``(M, C)``, each block's video, every video's trace, the hierarchy."""
     checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location=device)
     model = build_model(config, dataset.num_classes, dataset.index.feature_shape).to(device)
     model.load_state_dict(checkpoint["model"])
@@ -203,11 +211,15 @@ def _predict(
     block_video: list[int] = []
     parts: dict[int, list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]] = {}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    meter, measured = HierarchyMeter(), False
     position = 0
     for batch in loader:
         features = batch["features"].to(device).float()
         mask = batch["mask"].to(device)
         out = model(features, mask)
+        if out.boundaries is not None:
+            meter.update(out.boundaries, mask)
+            measured = True
         steps = mask.unsqueeze(-1).float()
         probs = (out.logits.float().softmax(-1) * steps).sum(1) / steps.sum(1).clamp(min=1)
         block_scores.append(probs.cpu().double().numpy())
@@ -235,7 +247,8 @@ def _predict(
             np.concatenate([b[2] for b in blocks]),
             None if z[0] is None else np.concatenate(z),  # type: ignore[arg-type]
         )
-    return np.concatenate(block_scores), block_video, traces
+    hierarchy = meter.compute() if measured else None
+    return np.concatenate(block_scores), block_video, traces, hierarchy
 
 
 def evaluate_run(
@@ -264,7 +277,7 @@ def evaluate_run(
     )
     if dataset.classes != info.classes:
         raise ValueError(f"{features_dir} has other classes than the run was trained on")
-    block_scores, block_video, traces = _predict(
+    block_scores, block_video, traces, hierarchy = _predict(
         run, config, dataset, torch.device(device), batch_size
     )
     videos, scores = average_blocks(block_scores, block_video)
@@ -311,6 +324,7 @@ def evaluate_run(
         confusion=confusion_matrix(scores, labels),
         attention_on_target=on_target,
         boundaries=alignment,
+        hierarchy=hierarchy,
         example=example,
         example_target=target,
         example_changes=changes,
@@ -382,6 +396,45 @@ def _synthetic_table(runs: Sequence[RunEvaluation]) -> list[str]:
         f"on a sub-action change when within {BOUNDARY_TOLERANCE} frame of it; chance "
         "precision is what boundaries at random frames would score. The recurrent state "
         "starts afresh at each test block."
+    )
+    return [*_table(header, rows), "", note]
+
+
+def _hierarchy_table(runs: Sequence[RunEvaluation]) -> list[str]:
+    header = [
+        "Method",
+        "Layer",
+        "Fires per frame",
+        "UPDATE / COPY / FLUSH",
+        "Input from below",
+        "Segment length: mean (10% / 50% / 90%)",
+        "Cut off",
+    ]
+    rows = []
+    for r in runs:
+        if r.hierarchy is None:
+            continue
+        for layer in r.hierarchy.layers:
+            quantiles = " / ".join(f"{length:g}" for _, length in layer.segment_quantiles)
+            rows.append(
+                [
+                    r.name,
+                    str(layer.layer),
+                    f"{layer.firing_rate:.3f}",
+                    f"{_pct(layer.update_share)} / {_pct(layer.copy_share)} / "
+                    f"{_pct(layer.flush_share)}",
+                    _pct(layer.input_share),
+                    f"{layer.segment_mean:.1f} ({quantiles})",
+                    "**yes**" if layer.cut_off else "no",
+                ]
+            )
+    note = (
+        "Over the real frames of the test blocks (each block starts from a fresh state). "
+        "A layer FLUSHes after its own boundary, else UPDATEs when the layer below fired, "
+        "else COPYs; it gets input from below only on the frames where the layer below "
+        "fired (always, for layer 1). A layer is cut off when that happens on fewer than "
+        "1% of the frames, or a layer below it is cut off: then the layers above it never "
+        "see the input (`stochrnn.hierarchy_stats`)."
     )
     return [*_table(header, rows), "", note]
 
@@ -469,6 +522,9 @@ def _evaluation_json(runs: Sequence[RunEvaluation]) -> dict[str, Any]:
                 "confusion": r.confusion.tolist(),
                 "attention_on_target": r.attention_on_target,
                 "boundaries": None if r.boundaries is None else [vars(b) for b in r.boundaries],
+                "hierarchy": None
+                if r.hierarchy is None
+                else [layer.as_dict() for layer in r.hierarchy.layers],
                 "predictions": [
                     {"video": v, "label": int(y), "predicted": int(s.argmax())}
                     for v, y, s in zip(r.video_ids, r.labels, r.scores, strict=True)
@@ -508,6 +564,8 @@ def write_report(runs: Sequence[RunEvaluation], out_dir: str | os.PathLike[str])
             *_synthetic_table(runs),
             "",
         ]
+    if any(r.hierarchy is not None for r in runs):
+        lines += ["## The hierarchy, per layer", "", *_hierarchy_table(runs), ""]
     lines += [
         "## Average precision per class (as the paper's Table II)",
         "",

@@ -42,8 +42,11 @@ from torch.nn import functional as F
 from stochrnn import (
     HMRNN,
     AdaptiveTemperature,
+    BoundaryRatePrior,
     GumbelSigmoid,
     GumbelSoftmaxAttention,
+    HMRNNOutput,
+    HMRNNState,
     MovingAverageBaseline,
     ReinforceAttention,
     SoftAttention,
@@ -56,9 +59,11 @@ from .config import Config
 __all__ = [
     "HMAN",
     "ActionModel",
+    "AlwaysBoundary",
     "LossTerms",
     "ModelOutput",
     "SoftAttentionLSTM",
+    "StackedLSTMHMAN",
     "StochasticPart",
     "build_attention",
     "build_model",
@@ -91,6 +96,10 @@ class ModelOutput(NamedTuple):
         ``(B,)`` log-probability of the attention's choices over the real steps.
     boundary_log_prob:
         ``(B,)`` log-probability of the boundary decisions (zeros for the baseline).
+    rnn:
+        HM-AN: the whole clip's :class:`~stochrnn.HMRNNOutput`, assembled from the
+        steps (its ``boundary_logits`` are what the boundary-rate prior reads);
+        ``None`` for the baseline.
     """
 
     logits: Tensor
@@ -98,21 +107,25 @@ class ModelOutput(NamedTuple):
     boundaries: Tensor | None
     attention_log_prob: Tensor
     boundary_log_prob: Tensor
+    rnn: HMRNNOutput | None = None
 
 
 class LossTerms(NamedTuple):
     """The training loss and its parts, each a scalar.
 
-    ``total = cross_entropy + surrogate + penalty``; ``cross_entropy`` is Eq. 22
-    (summed over steps, averaged over the batch), ``surrogate`` the sum of the
-    parts' surrogate losses (0 without a score-function estimator), ``penalty``
-    the doubly stochastic attention penalty (0 without one).
+    ``total = cross_entropy + surrogate + penalty + boundary_prior``;
+    ``cross_entropy`` is Eq. 22 (summed over steps, averaged over the batch),
+    ``surrogate`` the sum of the parts' surrogate losses (0 without a
+    score-function estimator), ``penalty`` the doubly stochastic attention
+    penalty (0 without one), ``boundary_prior`` the boundary-rate prior (0
+    without one).
     """
 
     total: Tensor
     cross_entropy: Tensor
     surrogate: Tensor
     penalty: Tensor
+    boundary_prior: Tensor
 
 
 class ActionModel(nn.Module):
@@ -133,6 +146,41 @@ class ActionModel(nn.Module):
     def stochastic_parts(self, out: ModelOutput) -> list[tuple[StochasticPart, Tensor]]:
         """Every part with a ``surrogate_loss``, paired with its ``(B,)`` log-probability."""
         raise NotImplementedError  # pragma: no cover
+
+    def boundary_prior_loss(self, out: ModelOutput, mask: Tensor) -> Tensor | None:
+        """The boundary-rate prior of ``out`` (``None`` when the model has none)."""
+        return None
+
+
+class AlwaysBoundary(Estimator):
+    """A boundary that is always 1: the control "every boundary forced to 1".
+
+    With it every layer of the :class:`~stochrnn.HMRNN` FLUSHes at every step
+    after the first (its own boundary at ``t-1`` is 1) and hands its state up
+    at every step (the boundary below is 1): all top-down and bottom-up terms
+    are open, and the cell memory lasts one step (the recurrent ``h`` carries
+    the history). Deterministic: ``log_prob`` is 0 and the logits get no gradient.
+
+    Examples
+    --------
+    >>> est = AlwaysBoundary()
+    >>> est(torch.tensor([-3.0, 0.0, 2.0]))
+    Sample(value=tensor([1., 1., 1.]), log_prob=tensor([0., 0., 0.]))
+    """
+
+    family = "binary"
+
+    def sample(
+        self,
+        logits: Tensor,
+        context: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        return torch.ones_like(logits)
+
+    def log_prob(self, logits: Tensor, value: Tensor) -> Tensor:
+        return torch.zeros_like(logits)
 
 
 def build_attention(config: Config, query_size: int, feature_shape: Sequence[int]) -> Attention:
@@ -181,6 +229,8 @@ class HMAN(ActionModel):
         On the classifier's input :math:`[h^1; h^2; h^3]`.
     penalty:
         :math:`\lambda` of the doubly stochastic penalty (0: none).
+    prior:
+        A :class:`~stochrnn.BoundaryRatePrior` added to the loss, or ``None``.
     """
 
     def __init__(
@@ -190,6 +240,7 @@ class HMAN(ActionModel):
         num_classes: int,
         dropout: float = 0.0,
         penalty: float = 0.0,
+        prior: BoundaryRatePrior | None = None,
     ) -> None:
         super().__init__()
         if attention.query_size != rnn.hidden_sizes[0]:
@@ -202,33 +253,131 @@ class HMAN(ActionModel):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(rnn.output_size, num_classes)
         self.penalty = penalty
+        self.prior = prior
 
     def forward(self, features: Tensor, mask: Tensor) -> ModelOutput:
         batch, steps = features.shape[:2]
         state = self.rnn.initial_state(batch, features.device, features.dtype)
-        outputs, weights, boundaries = [], [], []
+        steps_out: list[HMRNNOutput] = []
+        weights = []
         attention_log_prob = features.new_zeros(batch)
-        boundary_log_prob = features.new_zeros(batch)
         for t in range(steps):
             pooled = self.attention(features[:, t], state.h[0])
             step = self.rnn(pooled.context.unsqueeze(1), state, mask=mask[:, t : t + 1])
             state = step.state
-            outputs.append(step.output[:, 0])
-            boundaries.append(step.boundaries[:, 0])
+            steps_out.append(step)
             weights.append(pooled.weights)
             attention_log_prob = attention_log_prob + pooled.log_prob * mask[:, t]
-            boundary_log_prob = boundary_log_prob + step.log_prob
-        logits = self.classifier(self.dropout(torch.stack(outputs, dim=1)))
+        rnn = _concatenate_steps(steps_out, state)
+        logits = self.classifier(self.dropout(rnn.output))
         return ModelOutput(
             logits,
             torch.stack(weights, dim=1),
-            torch.stack(boundaries, dim=1),
+            rnn.boundaries,
             attention_log_prob,
-            boundary_log_prob,
+            rnn.log_prob,
+            rnn,
         )
 
     def stochastic_parts(self, out: ModelOutput) -> list[tuple[StochasticPart, Tensor]]:
         return [(self.attention, out.attention_log_prob), (self.rnn, out.boundary_log_prob)]
+
+    def boundary_prior_loss(self, out: ModelOutput, mask: Tensor) -> Tensor | None:
+        if self.prior is None or out.rnn is None:
+            return None
+        return self.prior(out.rnn, self.rnn.boundaries, mask)
+
+
+def _concatenate_steps(steps: Sequence[HMRNNOutput], state: HMRNNState) -> HMRNNOutput:
+    """One :class:`~stochrnn.HMRNNOutput` of the whole clip from its one-step outputs."""
+    layer_log_prob = torch.stack([s.layer_log_prob for s in steps]).sum(0)
+    return HMRNNOutput(
+        output=torch.cat([s.output for s in steps], dim=1),
+        hidden=tuple(torch.cat(h, dim=1) for h in zip(*(s.hidden for s in steps), strict=True)),
+        boundaries=torch.cat([s.boundaries for s in steps], dim=1),
+        log_prob=layer_log_prob.sum(-1),
+        state=state,
+        layer_log_prob=layer_log_prob,
+        boundary_logits=torch.cat([s.boundary_logits for s in steps], dim=1),
+    )
+
+
+class StackedLSTMHMAN(ActionModel):
+    r"""The control "every layer UPDATEs": HM-AN's wiring with plain LSTM layers.
+
+    An HM-LSTM layer whose own boundary at :math:`t-1` is 0 and whose layer
+    below fired at :math:`t` UPDATEs, :math:`c = f \odot c_{prev} + i \odot g`,
+    with the top-down term off (it is gated by the layer's own boundary). No
+    single boundary value gives every layer that operation at every step (a 1
+    FLUSHes the layer, a 0 cuts the one above off), so this control is built
+    from :class:`torch.nn.LSTMCell` layers: layer :math:`l` reads
+    :math:`h^{l-1}_t` (the attended frame for layer 1) at every step. The rest
+    is HM-AN's: attention queried by :math:`h^1_{t-1}`, a zero initial state,
+    the classifier over :math:`[h^1; h^2; h^3]` at every frame.
+
+    Parameters
+    ----------
+    attention:
+        Pools a frame's regions with the query :math:`h^1_{t-1}`.
+    feature_size, hidden_size, num_layers, num_classes:
+        ``D``, the layers' size and number, ``C``.
+    dropout:
+        On the classifier's input.
+    penalty:
+        :math:`\lambda` of the doubly stochastic penalty (0: none).
+    """
+
+    def __init__(
+        self,
+        attention: Attention,
+        feature_size: int,
+        hidden_size: int,
+        num_layers: int,
+        num_classes: int,
+        dropout: float = 0.0,
+        penalty: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if attention.query_size != hidden_size:
+            raise ValueError(
+                f"the attention's query is h^1 of size {hidden_size}, "
+                f"but it was built with query_size={attention.query_size}"
+            )
+        self.attention = attention
+        self.cells = nn.ModuleList(
+            nn.LSTMCell(feature_size if l == 0 else hidden_size, hidden_size)
+            for l in range(num_layers)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(num_layers * hidden_size, num_classes)
+        self.penalty = penalty
+
+    def forward(self, features: Tensor, mask: Tensor) -> ModelOutput:
+        batch, steps = features.shape[:2]
+        size = self.cells[0].hidden_size
+        h = [features.new_zeros(batch, size) for _ in self.cells]
+        c = [features.new_zeros(batch, size) for _ in self.cells]
+        outputs, weights = [], []
+        attention_log_prob = features.new_zeros(batch)
+        for t in range(steps):
+            pooled = self.attention(features[:, t], h[0])
+            real = mask[:, t : t + 1]
+            x = pooled.context
+            for l, cell in enumerate(self.cells):
+                h_new, c_new = cell(x, (h[l], c[l]))
+                h[l] = torch.where(real, h_new, h[l])
+                c[l] = torch.where(real, c_new, c[l])
+                x = h[l]
+            outputs.append(torch.where(real, torch.cat(h, dim=-1), 0.0))
+            weights.append(pooled.weights)
+            attention_log_prob = attention_log_prob + pooled.log_prob * mask[:, t]
+        logits = self.classifier(self.dropout(torch.stack(outputs, dim=1)))
+        return ModelOutput(
+            logits, torch.stack(weights, dim=1), None, attention_log_prob, features.new_zeros(batch)
+        )
+
+    def stochastic_parts(self, out: ModelOutput) -> list[tuple[StochasticPart, Tensor]]:
+        return [(self.attention, out.attention_log_prob)]
 
 
 class SoftAttentionLSTM(ActionModel):
@@ -348,8 +497,30 @@ def _build(config: Config, num_classes: int, feature_shape: Sequence[int]) -> Ac
             model.dropout,
             penalty,
         )
-    assert model.boundary_temperature is not None and model.layer_norm is not None
-    boundaries = [GumbelSigmoid(model.boundary_temperature) for _ in range(model.num_layers)]
+    assert model.layer_norm is not None
+    if model.boundary == "update":
+        return StackedLSTMHMAN(
+            attention,
+            int(feature_shape[1]),
+            model.hidden_size,
+            model.num_layers,
+            num_classes,
+            model.dropout,
+            penalty,
+        )
+    boundaries: list[Estimator]
+    prior = None
+    if model.boundary == "always":
+        boundaries = [AlwaysBoundary() for _ in range(model.num_layers)]
+    else:
+        assert model.boundary_temperature is not None
+        boundaries = [GumbelSigmoid(model.boundary_temperature) for _ in range(model.num_layers)]
+        if config.has_prior:
+            assert model.boundary_prior_target is not None
+            assert model.boundary_prior_weight is not None
+            prior = BoundaryRatePrior(
+                list(model.boundary_prior_target), weight=model.boundary_prior_weight
+            )
     rnn = HMRNN(
         int(feature_shape[1]),
         model.hidden_size,
@@ -357,16 +528,21 @@ def _build(config: Config, num_classes: int, feature_shape: Sequence[int]) -> Ac
         boundary=boundaries,
         layer_norm=model.layer_norm,
     )
-    return HMAN(attention, rnn, num_classes, model.dropout, penalty)
+    return HMAN(attention, rnn, num_classes, model.dropout, penalty, prior)
 
 
 def loss_terms(model: ActionModel, out: ModelOutput, labels: Tensor, mask: Tensor) -> LossTerms:
-    r"""Eq. 22 plus the surrogate losses (Eq. 19) and the attention penalty.
+    r"""Eq. 22 plus the surrogate losses (Eq. 19), the attention penalty and the boundary prior.
 
     .. math::
         L = -\frac{1}{B}\sum_b \sum_{t \in \text{real}} \log \hat y_{b,t}[y_b]
             + \sum_{\text{parts}} \text{surrogate}(\log p_{part}, r)
             + \lambda \frac{1}{B}\sum_b \sum_i \Bigl(1 - \sum_t l_{b,t,i}\Bigr)^2
+            + w \sum_l \mathrm{KL}\bigl(\mathrm{Bern}(\pi_l) \,\|\, \mathrm{Bern}(\bar p_l)\bigr)
+
+    The last term is the boundary-rate prior (:class:`~stochrnn.BoundaryRatePrior`,
+    where the config sets one): :math:`\bar p_l` is layer :math:`l`'s mean boundary
+    probability over the batch's real frames, :math:`\pi_l` its target rate.
 
     The reward is :math:`r_b = \frac{1}{|T_b|}\sum_{t} \log \hat y_{b,t}[y_b]`,
     the log-likelihood of the label per real step (a mean, so that clips of
@@ -391,4 +567,8 @@ def loss_terms(model: ActionModel, out: ModelOutput, labels: Tensor, mask: Tenso
         if model.penalty > 0
         else cross_entropy.new_zeros(())
     )
-    return LossTerms(cross_entropy + surrogate + penalty, cross_entropy, surrogate, penalty)
+    prior = model.boundary_prior_loss(out, mask)
+    prior = cross_entropy.new_zeros(()) if prior is None else prior.float()
+    return LossTerms(
+        cross_entropy + surrogate + penalty + prior, cross_entropy, surrogate, penalty, prior
+    )

@@ -12,8 +12,19 @@ The run directory holds::
     RUN_DIR/run.json         {"features": DIR, "classes": [...], "feature_shape": [N, D]}
     RUN_DIR/checkpoint.pt    the last checkpoint: model, optimizer, grad scaler, RNG states,
                              iteration; written to a temporary file then renamed
-    RUN_DIR/metrics.csv      one row per log_every iterations (means over those iterations)
+    RUN_DIR/metrics.csv      one row per log_every iterations (means over those iterations),
+                             with the hierarchy of the HM-AN variants per layer
     RUN_DIR/tensorboard/     the same scalars for TensorBoard
+
+For the HM-AN variants every row holds, per layer ``l``, the diagnostics of
+:func:`stochrnn.hierarchy_stats` on the training batches (means over the
+row's iterations): ``layer{l}/firing_rate``, ``layer{l}/update_share``,
+``layer{l}/copy_share``, ``layer{l}/flush_share``, ``layer{l}/input_share``
+(the share of real frames on which the layer gets input from below),
+``layer{l}/segment_mean`` and ``layer{l}/cut_off`` (1 when the layer got input
+on fewer than 1% of the row's real frames, or a layer below it is cut off).
+When a layer becomes cut off, training warns (a :class:`CutOffWarning`,
+printed on stderr): the layers above it no longer see the input.
 
 Clips are drawn in a fixed order -- epoch ``e`` is a permutation of the
 training videos seeded by ``(seed, e)``, and each video's window by
@@ -44,6 +55,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -56,6 +68,9 @@ from torch import Tensor, nn
 from torch import distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
+from stochrnn import hierarchy_stats
+from stochrnn.hierarchy import CUT_OFF_BELOW
+
 from .config import Config, config_to_dict, load_config
 from .features import ClipDataset
 from .model import ModelOutput, build_model, loss_terms
@@ -63,8 +78,10 @@ from .model import ModelOutput, build_model, loss_terms
 __all__ = [
     "CHECKPOINT_NAME",
     "CONFIG_NAME",
+    "HIERARCHY_COLUMNS",
     "METRICS_NAME",
     "RUN_NAME",
+    "CutOffWarning",
     "EpochBatches",
     "NonFiniteError",
     "RunInfo",
@@ -84,6 +101,21 @@ RUN_NAME = "run.json"
 
 class NonFiniteError(RuntimeError):
     """Training stopped because the input, the loss or the gradient norm was not finite."""
+
+
+class CutOffWarning(UserWarning):
+    """A layer of the HM-RNN gets (almost) no input from below: the layers above it are cut off."""
+
+
+#: Per-layer columns of ``metrics.csv`` (``layer{l}/<name>``) for the HM-AN variants.
+HIERARCHY_COLUMNS = (
+    "firing_rate",
+    "update_share",
+    "copy_share",
+    "flush_share",
+    "input_share",
+    "segment_mean",
+)
 
 
 # --------------------------------------------------------------------------- files
@@ -385,17 +417,58 @@ def _batch_values(
     correct = (out.logits.argmax(-1) == labels.unsqueeze(1)).float()
     values = [t.detach().float() for t in terms]
     values.append((correct * steps).sum() / steps.sum().clamp(min=1))
-    if out.boundaries is not None:
-        rate = (out.boundaries.detach().float() * steps.unsqueeze(-1)).sum((0, 1))
-        values.extend(rate / steps.sum().clamp(min=1))
-    return torch.stack(values)
+    stacked = torch.stack(values)
+    if out.boundaries is None:
+        return stacked
+    stats = hierarchy_stats(out.boundaries.detach(), mask)
+    layers = [getattr(layer, name) for layer in stats.layers for name in HIERARCHY_COLUMNS]
+    return torch.cat([stacked, torch.tensor(layers, dtype=stacked.dtype, device=stacked.device)])
 
 
 def _value_names(out: ModelOutput) -> list[str]:
-    names = ["loss", "cross_entropy", "surrogate", "penalty", "accuracy"]
+    names = ["loss", "cross_entropy", "surrogate", "penalty", "boundary_prior", "accuracy"]
     if out.boundaries is not None:
-        names += [f"boundary_rate_{l + 1}" for l in range(out.boundaries.shape[-1])]
+        names += [
+            f"layer{l + 1}/{name}"
+            for l in range(out.boundaries.shape[-1])
+            for name in HIERARCHY_COLUMNS
+        ]
     return names
+
+
+def _add_cut_off(row: dict[str, float]) -> dict[str, float]:
+    """Add ``layer{l}/cut_off`` after each layer's columns: the rule of ``hierarchy_stats``
+    (input on fewer than 1% of real frames, or a layer below cut off) on the row's means."""
+    flagged = False
+    out: dict[str, float] = {}
+    for key, value in row.items():
+        out[key] = value
+        if key.endswith("/segment_mean"):
+            layer = key.split("/")[0]
+            flagged = flagged or row[f"{layer}/input_share"] < CUT_OFF_BELOW
+            out[f"{layer}/cut_off"] = int(flagged)
+    return out
+
+
+def _warn_cut_off(row: dict[str, float], before: set[str]) -> set[str]:
+    """Warn about each layer cut off in ``row`` that was not in ``before``; return the cut set."""
+    cut = {key.split("/")[0] for key, value in row.items() if key.endswith("/cut_off") and value}
+    for layer in sorted(cut - before):
+        number, share = int(layer.removeprefix("layer")), row[f"{layer}/input_share"]
+        why = (
+            f"it got input from below on {share:.2%} of the real frames since the last row "
+            f"(fewer than {CUT_OFF_BELOW:.0%})"
+            if share < CUT_OFF_BELOW
+            else "a layer below it is cut off"
+        )
+        warnings.warn(
+            f"iteration {int(row['iteration'])}: layer {number} of the HM-RNN is cut off: {why}, "
+            "so it does not see the input (model.boundary_prior_weight > 0 adds a "
+            "boundary-rate prior that keeps the layers below firing)",
+            CutOffWarning,
+            stacklevel=3,
+        )
+    return cut
 
 
 # --------------------------------------------------------------------------- training
@@ -562,6 +635,7 @@ def _train(
     model.train()
     batches = iter(loader)
     iteration = start
+    cut_off: set[str] = set()
     try:
         while iteration < config.train.iterations:
             tick = time.perf_counter()
@@ -619,12 +693,13 @@ def _train(
                 }
             )
             bar.update(1)
-            bar.set_postfix(loss=f"{values[0]:.3f}", acc=f"{values[4]:.2f}")
+            bar.set_postfix(loss=f"{values[0]:.3f}", acc=f"{values[5]:.2f}")
             done = iteration == config.train.iterations
             if iteration % config.train.log_every == 0 or done:
-                log.write(
-                    _row(iteration, order, config, window, len(features) * processes.world_size)
-                )
+                row = _row(iteration, order, config, window, len(features) * processes.world_size)
+                log.write(row)
+                if processes.main:
+                    cut_off = _warn_cut_off(row, cut_off)
                 window = _Window()
             if iteration % config.train.checkpoint_every == 0 or done:
                 checkpoint(iteration)
@@ -645,14 +720,16 @@ def _row(
 ) -> dict[str, float]:
     means = window.means()
     seconds, data_seconds = means.pop("seconds"), means.pop("data_seconds")
-    return {
-        "iteration": iteration,
-        "epoch": order.epoch_of(iteration - 1),
-        "lr": config.optim.learning_rate(iteration - 1),
-        **means,
-        "clips_per_s": clips / seconds,
-        "data_wait": data_seconds / seconds,
-    }
+    return _add_cut_off(
+        {
+            "iteration": iteration,
+            "epoch": order.epoch_of(iteration - 1),
+            "lr": config.optim.learning_rate(iteration - 1),
+            **means,
+            "clips_per_s": clips / seconds,
+            "data_wait": data_seconds / seconds,
+        }
+    )
 
 
 # --------------------------------------------------------------------------- CLI

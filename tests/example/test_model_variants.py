@@ -8,17 +8,22 @@ import torch
 from examples.action_recognition.config import VARIANTS, example_config, parse_config
 from examples.action_recognition.model import (
     HMAN,
+    AlwaysBoundary,
     SoftAttentionLSTM,
+    StackedLSTMHMAN,
     build_model,
     loss_terms,
 )
+from stochrnn import HMRNN, BoundaryRatePrior
 
 REGIONS, FEATURES, CLASSES, BATCH, STEPS = 9, 4, 5, 3, 6
 
 
 def _model(variant: str, **model: object):
+    """``variant``'s example model with ``[model]`` keys set (a key set to None is dropped)."""
     document = example_config(variant)  # type: ignore[arg-type]
     document["model"].update(model)
+    document["model"] = {k: v for k, v in document["model"].items() if v is not None}
     return build_model(parse_config(document), CLASSES, (REGIONS, FEATURES))
 
 
@@ -65,7 +70,9 @@ def test_only_reinforce_has_a_surrogate_and_only_soft_a_penalty(variant: str) ->
     terms = loss_terms(model, model(features, mask), labels, mask)
     assert (terms.surrogate != 0).item() == (variant == "reinforce_hard")
     assert (terms.penalty != 0).item() == (variant in ("lstm_soft", "soft") and model.penalty > 0)
-    assert torch.allclose(terms.total, terms.cross_entropy + terms.surrogate + terms.penalty)
+    assert terms.boundary_prior.item() == 0.0  # no prior in these configs
+    total = terms.cross_entropy + terms.surrogate + terms.penalty + terms.boundary_prior
+    assert torch.allclose(terms.total, total)
 
 
 def test_cross_entropy_is_eq22_summed_over_real_steps() -> None:
@@ -106,3 +113,86 @@ def test_hman_refuses_an_attention_that_does_not_read_h1() -> None:
 
     with pytest.raises(ValueError, match="query is h\\^1 of size 16"):
         HMAN(SoftAttention(8, REGIONS), model.rnn, CLASSES)
+
+
+def _learnt(**model: object) -> dict[str, object]:
+    return {"boundary_prior_weight": 2.0, "boundary_prior_target": [0.5, 0.2, 0.1], **model}
+
+
+def test_hman_output_holds_the_clip_as_one_hmrnn_output() -> None:
+    model = _model("soft")
+    features, mask, _ = _batch()
+    torch.manual_seed(3)
+    out = model(features, mask)
+    assert out.rnn is not None and out.boundaries is not None
+    assert out.rnn.boundary_logits.shape == (BATCH, STEPS, 3)
+    assert torch.equal(out.rnn.boundaries, out.boundaries)
+    assert torch.equal(out.rnn.log_prob, out.boundary_log_prob)
+    assert (out.rnn.boundary_logits[1, 4:] == 0).all()  # padded frames
+    assert (out.rnn.boundary_logits[0] != 0).all()
+    full = [0, 2]  # clips without padding: the last output is the final state
+    assert torch.equal(out.rnn.output[full, -1], torch.cat(out.rnn.state.h, dim=-1)[full])
+
+
+def test_prior_is_the_library_prior_on_the_clip_and_its_gradient_moves_the_rates() -> None:
+    model = _model("gumbel_hard", **_learnt())
+    assert isinstance(model, HMAN) and isinstance(model.prior, BoundaryRatePrior)
+    features, mask, labels = _batch()
+    torch.manual_seed(4)
+    out = model(features, mask)
+    terms = loss_terms(model, out, labels, mask)
+    assert out.rnn is not None
+    expected = BoundaryRatePrior([0.5, 0.2, 0.1], weight=2.0)(out.rnn, model.rnn.boundaries, mask)
+    assert terms.boundary_prior.item() == pytest.approx(expected.item()) and expected.item() > 0
+    assert torch.allclose(
+        terms.total, terms.cross_entropy + terms.surrogate + terms.penalty + terms.boundary_prior
+    )
+    rates = model.prior.rates(out.rnn, model.rnn.boundaries, mask).detach()
+    model.zero_grad()
+    terms.boundary_prior.backward()
+    bias = [cell.bias.grad[-1].item() for cell in model.rnn.layers]  # rows i, f, o, g, z
+    targets = [0.5, 0.2, 0.1]
+    for rate, target, grad in zip(rates.tolist(), targets, bias, strict=True):
+        assert (grad < 0) == (rate < target)  # descent raises a rate under its target
+
+
+def test_always_control_fires_every_boundary_and_has_nothing_to_learn_about_them() -> None:
+    model = _model("soft", boundary="always", boundary_temperature=None, boundary_prior_weight=None)
+    assert isinstance(model, HMAN)
+    assert all(isinstance(est, AlwaysBoundary) for est in model.rnn.boundaries)
+    features, mask, labels = _batch()
+    out = model(features, mask)
+    assert out.boundaries is not None
+    assert out.boundaries[mask].eq(1).all() and out.boundaries[~mask].eq(0).all()
+    assert out.boundary_log_prob.eq(0).all()
+    assert loss_terms(model, out, labels, mask).boundary_prior.item() == 0.0
+
+
+def test_update_control_is_an_lstm_stack_that_hman_would_be_if_every_layer_updated() -> None:
+    torch.manual_seed(5)
+    model = _model("soft", boundary="update", boundary_temperature=None, boundary_prior_weight=None)
+    assert isinstance(model, StackedLSTMHMAN)
+    features, mask, _ = _batch()
+    out = model(features, mask)
+    assert out.boundaries is None and out.logits.shape == (BATCH, STEPS, CLASSES)
+    # the HM-LSTM equations with z_prev = 0 and z_below = 1 at every step are an LSTM step:
+    rnn = HMRNN(FEATURES, 16, num_layers=3, boundary=[AlwaysBoundary() for _ in range(3)])
+    for cell, lstm in zip(rnn.layers, model.cells, strict=True):
+        with torch.no_grad():
+            size = lstm.hidden_size
+            # torch's gate order i, f, g, o; the HM-LSTM cell's i, f, o, g, z
+            w_ih, w_hh = lstm.weight_ih.chunk(4), lstm.weight_hh.chunk(4)
+            b = (lstm.bias_ih + lstm.bias_hh).chunk(4)
+            order = (0, 1, 3, 2)
+            cell.weight_bottom_up[: 4 * size] = torch.cat([w_ih[k] for k in order])
+            cell.weight_recurrent[: 4 * size] = torch.cat([w_hh[k] for k in order])
+            cell.bias[: 4 * size] = torch.cat([b[k] for k in order])
+    x = torch.randn(2, FEATURES)
+    h, c = [torch.zeros(2, 16) for _ in range(3)], [torch.zeros(2, 16) for _ in range(3)]
+    state = rnn.initial_state(2)  # z = 0: the first step of every layer is an UPDATE
+    out_rnn = rnn(x.unsqueeze(1), state)
+    below = x
+    for l, lstm in enumerate(model.cells):
+        h[l], c[l] = lstm(below, (h[l], c[l]))  # type: ignore[operator]
+        below = h[l]
+    assert torch.allclose(out_rnn.output[:, 0], torch.cat(h, dim=-1), atol=1e-6)

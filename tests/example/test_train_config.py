@@ -38,7 +38,9 @@ def test_paper_settings(dataset: str) -> None:
         assert config.data.clip_len == (30 if variant == "lstm_soft" else 60)
         assert config.model.num_layers == 3
         if variant != "lstm_soft":
+            assert config.model.boundary == "gumbel_sigmoid"
             assert config.model.boundary_temperature == 0.3
+            assert config.model.boundary_prior_weight == 0.0  # the paper's objective alone
         if variant == "gumbel_hard":
             assert config.attention.temperature == 0.3
 
@@ -93,6 +95,8 @@ def test_unknown_or_missing_key_is_named(edit: Callable[[Document], None], messa
         ("attention", "scoring", "dot", "'attention.scoring': expected one of"),
         ("data", "clip_len", 2.5, "'data.clip_len': expected an integer >= 1, got 2.5"),
         ("train", "amp", 1, "'train.amp': expected true or false, got 1"),
+        ("model", "boundary", "sometimes", "'model.boundary': expected one of"),
+        ("model", "boundary_prior_weight", -1.0, "'model.boundary_prior_weight': expected a fin"),
     ],
 )
 def test_bad_value_is_named_with_the_value(
@@ -127,3 +131,74 @@ def test_written_config_reads_back_equal(tmp_path: Path, variant: str) -> None:
     config = parse_config(document)
     write_config(tmp_path / "c.toml", config)
     assert load_config(tmp_path / "c.toml") == config
+
+
+def _with_model(variant: str = "soft", drop: tuple[str, ...] = (), **model: Any) -> Document:
+    document = copy.deepcopy(example_config(variant))  # type: ignore[arg-type]
+    for key in drop:
+        del document["model"][key]
+    document["model"].update(model)
+    return document
+
+
+def test_prior_reads_one_target_per_layer_and_writes_back_equal(tmp_path: Path) -> None:
+    config = parse_config(
+        _with_model(boundary_prior_weight=2.0, boundary_prior_target=[0.2, 0.1, 0.05])
+    )
+    assert config.has_prior
+    assert config.model.boundary_prior_target == (0.2, 0.1, 0.05)
+    write_config(tmp_path / "c.toml", config)
+    assert load_config(tmp_path / "c.toml") == config
+    assert not parse_config(_with_model()).has_prior
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"boundary_prior_weight": 1.0}, "missing config key 'model.boundary_prior_target'"),
+        (
+            {"boundary_prior_target": [0.1, 0.1, 0.1]},
+            "'model.boundary_prior_target' is taken only when model.boundary_prior_weight > 0",
+        ),
+        (
+            {"boundary_prior_weight": 1.0, "boundary_prior_target": [0.1, 0.1]},
+            "'model.boundary_prior_target': expected one rate per layer \\(3\\), got 2",
+        ),
+        (
+            {"boundary_prior_weight": 1.0, "boundary_prior_target": [0.1, 0.0, 0.1]},
+            "'model.boundary_prior_target': expected rates in \\(0, 1\\)",
+        ),
+        (
+            {"boundary_prior_weight": 1.0, "boundary_prior_target": 0.1},
+            "'model.boundary_prior_target': expected a list of rates",
+        ),
+    ],
+)
+def test_bad_prior_is_refused_with_its_key(model: Document, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_config(_with_model(**model))
+
+
+@pytest.mark.parametrize("boundary", ["always", "update"])
+def test_fixed_boundaries_take_no_learnt_boundary_key(boundary: str) -> None:
+    learnt = ("boundary_temperature", "boundary_prior_weight")
+    config = parse_config(_with_model(drop=learnt, boundary=boundary))
+    assert config.model.boundary == boundary and config.model.boundary_temperature is None
+    with pytest.raises(ValueError, match=r"unknown config key 'model\.boundary_temperature'"):
+        parse_config(_with_model(drop=learnt[1:], boundary=boundary))
+
+
+def test_stacked_lstm_control_refuses_layer_norm() -> None:
+    document = _with_model(
+        drop=("boundary_temperature", "boundary_prior_weight"), boundary="update", layer_norm=True
+    )
+    with pytest.raises(ValueError, match=r"'model\.layer_norm': expected false with"):
+        parse_config(document)
+
+
+def test_every_hman_config_names_its_boundaries() -> None:
+    for path in sorted(CONFIGS.glob("*/*.toml")):
+        config = load_config(path)
+        if config.is_hmrnn:
+            assert "boundary = " in path.read_text(), path  # never the library's default
+            assert config.model.boundary in ("gumbel_sigmoid", "always", "update"), path

@@ -86,6 +86,13 @@ def test_cli_train_resume_evaluate_writes_report_and_plots(
     assert len(results["predictions"]) == len(test_videos)
     assert 0.0 <= results["accuracy"] <= 1.0
     assert len(results["boundaries"]) == 3
+    assert "## The hierarchy, per layer" in report
+    hierarchy = results["hierarchy"]
+    assert [layer["layer"] for layer in hierarchy] == [1, 2, 3]
+    assert hierarchy[0]["input_share"] == 1.0  # layer 1 reads the frames at every step
+    for layer in hierarchy:
+        shares = layer["update_share"] + layer["copy_share"] + layer["flush_share"]
+        assert shares == pytest.approx(1.0)
     assert "report:" in capsys.readouterr().out
 
 

@@ -64,8 +64,9 @@ html_math_renderer = "mathml"
 # render as code, see sphinx_stochrnn.resolve_in_scope), no web fonts ("font": False).
 
 html_theme = "sphinx_immaterial"
-html_static_path: list[str] = []
-html_css_files: list[str] = []
+# The MkDocs pages' stylesheet (display equations, aligned rows), for one look.
+html_static_path = ["../stylesheets"]
+html_css_files = ["extra.css"]
 html_theme_options = {
     "font": False,
     "palette": MKDOCS_THEME["palette"],

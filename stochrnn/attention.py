@@ -28,7 +28,10 @@ The scores :math:`a_i` over the regions come from one of two scorings:
   the region features too (``feature_size`` must then be given).
 
 :class:`SoftAttention` takes the expectation over the regions;
-:class:`HardAttention` picks one region with a categorical estimator, of which
+:class:`HardAttention` picks one region with a categorical estimator — any
+module honouring ``est(logits, context=None) -> Sample``, a stochrnn
+:class:`~stochrnn.Estimator` or one of your own (``generator=`` is passed only
+to estimators that accept it) — of which
 :class:`GumbelSoftmaxAttention` and :class:`ReinforceAttention` are the two
 named forms. Every attention has ``surrogate_loss(log_prob, reward)``, which
 delegates to its estimator (exactly 0 for soft and Gumbel attention), so a
@@ -480,8 +483,11 @@ class HardAttention(_Attention):
         """The estimator's surrogate loss for the region choice (0 for Gumbel-softmax).
 
         ``log_prob`` is this attention's ``(B,)`` or ``(B, T)`` output and
-        ``reward`` is ``(B,)`` (one reward per sequence) or of the shape of
-        ``log_prob``; see :meth:`stochrnn.Reinforce.surrogate_loss`.
+        ``reward`` is 0-dim (one for everything), ``(B,)`` (one reward per
+        sequence) or of the shape of ``log_prob``; other shapes raise
+        ``ValueError`` (:func:`~stochrnn.estimators.validate_reward`). An
+        estimator without a ``surrogate_loss`` of its own is taken as pathwise
+        (0); see :meth:`stochrnn.Reinforce.surrogate_loss`.
         """
         return estimator_surrogate_loss(
             self.estimator, log_prob, reward, f"{type(self).__name__}.surrogate_loss"

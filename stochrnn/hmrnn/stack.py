@@ -97,8 +97,8 @@ class HMRNN(nn.Module):
     Speed: layer 1's input product is one matrix product over all steps; each
     layer then does one product per step, its gated inputs side by side
     (``[z^{l-1}_t h^{l-1}_t, h^l_{t-1}, z^l_{t-1} h^{l+1}_{t-1}]``); and each weight's
-    gradient is one product over all ``T·B`` rows (:class:`StepWeight`) instead of
-    ``T`` products of ``B`` rows added up. No Python work is done per row. Rows in
+    gradient is one product over all ``T·B`` rows (:mod:`~stochrnn.hmrnn.fused`) instead
+    of ``T`` products of ``B`` rows added up. No Python work is done per row. Rows in
     COPY are not skipped: with a pathwise estimator the blend needs every row's
     gates for the boundary's gradient, and the boundary logit needs the row's
     recurrent product at every step.

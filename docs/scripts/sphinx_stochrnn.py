@@ -216,6 +216,35 @@ def _is_type_docstring(obj: object, lines: list[str]) -> bool:
     ]
 
 
+def inherited_signature(
+    app: Sphinx,
+    what: str,
+    name: str,
+    obj: object,
+    options: Any,
+    signature: str | None,
+    return_annotation: str | None,
+) -> tuple[str | None, str | None] | None:
+    """``autodoc-process-signature``: a class of ours that takes its constructor from another
+    project's Python class (an abstract base inheriting ``nn.Module.__init__(*args,
+    **kwargs)``) takes no arguments, and is shown without any."""
+    if what != "class" or not inspect.isclass(obj):
+        return None
+    owners = {
+        method: next(c for c in obj.__mro__ if method in vars(c))
+        for method in ("__init__", "__new__")
+    }
+    init = vars(owners["__init__"])["__init__"]
+    foreign = all(not c.__module__.startswith(PACKAGE) for c in owners.values())
+    if not (foreign and inspect.isfunction(init)):
+        return None
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    parameters = list(inspect.signature(init).parameters.values())[1:]  # after self
+    if parameters and all(p.kind in variadic for p in parameters):
+        return "()", return_annotation
+    return None
+
+
 def skip_namedtuple_fields(
     app: Sphinx, what: str, name: str, obj: object, skip: bool, options: Any
 ) -> bool | None:
@@ -452,6 +481,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
             app.disconnect(listener.id)
     app.connect("autodoc-process-docstring", numpy_sections)
     app.connect("autodoc-skip-member", skip_namedtuple_fields)
+    app.connect("autodoc-process-signature", inherited_signature)
     app.connect("missing-reference", resolve_in_scope, priority=600)
     app.connect("html-page-context", join_navigation, priority=900)
     app.add_html_math_renderer(

@@ -173,8 +173,12 @@ def run_sequence(inp: _Inputs, cfg: SequenceConfig) -> _Outputs:
                 s = _pre_activation_skipping_copy(base, u, transposed[l], flush, z[l - 1], H)
             else:
                 s = torch.addmm(base, u, transposed[l])
-            s.narrow(1, 0, 3 * H).sigmoid_()
-            s.narrow(1, 3 * H, H).tanh_()
+            if recording:  # out of place: each nonlinearity keeps its result for backward
+                gates, proposal, logit = torch.split(s, [3 * H, H, 1], dim=1)
+                s = torch.cat([torch.sigmoid(gates), torch.tanh(proposal), logit], dim=1)
+            else:  # in place: s is ours, and is saved as the activations
+                s.narrow(1, 0, 3 * H).sigmoid_()
+                s.narrow(1, 3 * H, H).tanh_()
             i, f, o, g, a = torch.split(s, [H, H, H, H, 1], dim=1)
             c_flush = i * g
             c_update = torch.addcmul(c_flush, f, c[l])
@@ -262,10 +266,8 @@ class _LayerTerms:
             copy = not_flush - update
         o_flush, o_update = o * tanh_flush, o * tanh_update
         # derivative of each pre-activation's nonlinearity; 1 for the boundary logit
-        slope = act.clone()
-        slope[..., : 3 * H] = act[..., : 3 * H] * (1.0 - act[..., : 3 * H])
-        slope[..., 3 * H : 4 * H] = 1.0 - g * g
-        slope[..., 4 * H] = 1.0
+        gates = act[..., : 3 * H]
+        slope = torch.cat([gates * (1.0 - gates), 1.0 - g * g, torch.ones_like(act[..., -1:])], -1)
         self.i, self.f, self.g, self.c = i.unbind(0), f.unbind(0), g.unbind(0), c.unbind(0)
         self.flush, self.update = flush.unbind(0), update.unbind(0)
         self.copy = None if copy is None else copy.unbind(0)
@@ -346,8 +348,8 @@ def _backward(
     gh = [torch.zeros_like(h) for h in inp.h0]
     gc = [torch.zeros_like(c) if g is None else g for c, g in zip(inp.c0, grad_cells, strict=True)]
     gz = [torch.zeros_like(z0).unsqueeze(1) for z0 in inp.z0]
-    grad_s = [inp.projected.new_empty(T, B, 4 * H + 1) for H in sizes]
-    grad_s_steps = [x.unbind(0) for x in grad_s]
+    # Written functionally (no in-place, no out=), so that torch.func can batch it.
+    grad_s_steps: list[list[Tensor]] = [[] for _ in sizes]
     weights = [w.contiguous() for w in inp.weights]
     block = max(1, _BLOCK_ELEMENTS // (B * 8 * max(sizes)))
     terms: list[_LayerTerms | None] = [None] * L
@@ -385,13 +387,9 @@ def _backward(
                 g_zp = d_flush - d_update
                 g_zb = None
                 g_h_prev = None
-            gs = torch.mul(
-                torch.cat([g_cf * k.g[j], g_cu * k.c[j], g_h * k.mix[j], g_cf * k.i[j], g_a], 1),
-                k.slope[j],
-                out=grad_s_steps[l][t],
-            )
-            if real is not None:
-                gs.mul_(real)
+            gs = torch.cat([g_cf * k.g[j], g_cu * k.c[j], g_h * k.mix[j], g_cf * k.i[j], g_a], 1)
+            gs = gs * k.slope[j] if real is None else gs * k.slope[j] * real
+            grad_s_steps[l].append(gs)
             g_u = gs.mm(weights[l])
             width = 0 if l == 0 else sizes[l - 1]
             g_rec = g_u[:, width : width + H]
@@ -422,6 +420,7 @@ def _backward(
                     g_zb = g_zb * real
                 gh[l - 1] = gh[l - 1] + g_below
                 gz[l - 1] = gz[l - 1] + g_zb
+    grad_s = [torch.stack(steps[::-1]) for steps in grad_s_steps]
     return grad_s, gh, gc, [g.squeeze(1) for g in gz]
 
 
@@ -464,15 +463,16 @@ def _parameter_grads(
     return grad_weights, grad_biases
 
 
-def _native_kernels(inp: _Inputs) -> Any:
-    """The native kernels when they can run this call, else ``None``."""
+def _native_kernels(inp: _Inputs, *more: Any) -> Any:
+    """The native kernels when they can run this call (``inp`` and ``more`` tensors), else
+    ``None``: not on the CPU, not float32/float64, or wrapped by a torch.func transform."""
     ref = inp.projected
     if ref.device.type != "cpu" or ref.dtype not in (torch.float32, torch.float64):
         return None
     kernels = native.kernels()
     if kernels is None:
         return None
-    tensors = [t for t in inp.flatten() if isinstance(t, Tensor)]
+    tensors = [t for t in (*inp.flatten(), *more) if isinstance(t, Tensor)]
     return kernels if kernels.supported(tensors) else None
 
 
@@ -581,52 +581,99 @@ class FusedSequence(torch.autograd.Function):
         cfg: SequenceConfig = ctx.cfg
         L = cfg.num_layers
         saved = ctx.saved_tensors
-        num_flat = 1 + 7 * L + 1
-        inp = _Inputs.unflatten(L, saved[:num_flat])
-        grad_hidden, grad_z, grad_logits = grads[:3]
-        grad_cells = grads[3 : 3 + L]
-        if torch.is_grad_enabled():
-            return (None, *_differentiable_backward(ctx, inp, cfg, grads[: 3 + L]))
-        out = _Outputs()
-        out.hidden, out.z, out.logits = saved[num_flat : num_flat + 3]
-        rest = saved[num_flat + 3 :]
-        out.activations, out.c_prev = list(rest[:L]), list(rest[L:])
-        kernels = _native_kernels(inp)
-        backward = _backward if kernels is None else partial(_native_backward, kernels)
-        grad_s, g_h, g_c, g_z = backward(
-            inp, cfg, out, grad_hidden, grad_z, grad_logits, grad_cells
-        )
-        g_w, g_b = _parameter_grads(inp, out, grad_s)
-        g_projected = grad_s[0]
+        num_flat = len(saved) - 3 - 2 * L
+        outputs = _FusedSequenceGrad.apply(cfg, *saved, *grads[: 3 + L])
+        flat_grads: list[Tensor | None] = [None] * num_flat
+        for position, grad in zip(_differentiable_positions(L), outputs, strict=True):
+            flat_grads[position] = grad
         needs = ctx.needs_input_grad[1:]
-        flat_grads: list[Tensor | None] = [g_projected, *g_w, *g_b, *g_h, *g_c, *g_z]
-        flat_grads += [None] * (2 * L + 1)
         return (None, *(g if need else None for g, need in zip(flat_grads, needs, strict=True)))
 
 
-def _differentiable_backward(
-    ctx: Any, inp: _Inputs, cfg: SequenceConfig, grads: Sequence[Tensor | None]
-) -> list[Tensor | None]:
-    """Gradients that are themselves differentiable: re-run the forward under autograd."""
-    flat = inp.flatten()
-    needs = ctx.needs_input_grad[1:]
-    wanted = [
-        i for i, (x, need) in enumerate(zip(flat, needs, strict=True)) if need and x is not None
-    ]
-    with torch.enable_grad():
-        out = run_sequence(inp, cfg)
-        outputs = [out.hidden, out.z, out.logits, *out.cells]
-        pairs = [
-            (o, g) for o, g in zip(outputs, grads, strict=True) if g is not None and o.requires_grad
-        ]
-        result = torch.autograd.grad(
-            [o for o, _ in pairs],
-            [flat[i] for i in wanted],
-            [g for _, g in pairs],
-            create_graph=True,
-            allow_unused=True,
+def _differentiable_positions(num_layers: int) -> list[int]:
+    """Where, in the flat inputs, are ``projected``, the weights, the biases of layers
+    2..L and the initial ``h``, ``c``, ``z``: the inputs that have gradients."""
+    L = num_layers
+    return [0, *range(1, L + 1), *range(L + 2, 2 * L + 1), *range(2 * L + 1, 5 * L + 1)]
+
+
+class _FusedSequenceGrad(torch.autograd.Function):
+    """The backward of :class:`FusedSequence` as an autograd node of its own.
+
+    Its forward is the hand-derived backward (native or pure PyTorch); it is
+    only recorded when the first backward itself is differentiated
+    (``create_graph=True``), and then its backward re-runs the sequence under
+    autograd from detached copies of the inputs and differentiates that twice,
+    locally. Written as a function of tensors only, so :mod:`torch.func` can
+    batch it (``generate_vmap_rule``).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(cfg: SequenceConfig, *args: Any) -> tuple[Tensor, ...]:
+        L = cfg.num_layers
+        num_flat = len(args) - (3 + 2 * L) - (3 + L)
+        inp = _Inputs.unflatten(L, args[:num_flat])
+        saved = _Outputs()
+        saved.hidden, saved.z, saved.logits = args[num_flat : num_flat + 3]
+        rest = args[num_flat + 3 : num_flat + 3 + 2 * L]
+        saved.activations, saved.c_prev = list(rest[:L]), list(rest[L:])
+        grad_hidden, grad_z, grad_logits, *grad_cells = args[num_flat + 3 + 2 * L :]
+        kernels = _native_kernels(inp, *args[num_flat:])
+        backward = _backward if kernels is None else partial(_native_backward, kernels)
+        grad_s, g_h, g_c, g_z = backward(
+            inp, cfg, saved, grad_hidden, grad_z, grad_logits, grad_cells
         )
-    flat_grads: list[Tensor | None] = [None] * len(flat)
-    for i, g in zip(wanted, result, strict=True):
-        flat_grads[i] = g
-    return flat_grads
+        g_w, g_b = _parameter_grads(inp, saved, grad_s)
+        return (grad_s[0], *g_w, *(g for g in g_b if g is not None), *g_h, *g_c, *g_z)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        cfg, *args = inputs
+        L = cfg.num_layers
+        num_flat = len(args) - (3 + 2 * L) - (3 + L)
+        ctx.cfg = cfg
+        ctx.num_flat = num_flat
+        ctx.num_args = len(args)
+        ctx.save_for_backward(*args[:num_flat], *args[num_flat + 3 + 2 * L :])
+
+    @staticmethod
+    def backward(ctx: Any, *grad_grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        cfg: SequenceConfig = ctx.cfg
+        L = cfg.num_layers
+        saved = ctx.saved_tensors
+        flat = list(saved[: ctx.num_flat])
+        cotangents = list(saved[ctx.num_flat :])
+        positions = _differentiable_positions(L)
+        with torch.enable_grad():
+            leaves = {i: flat[i].detach().requires_grad_() for i in positions}
+            for i, leaf in leaves.items():
+                flat[i] = leaf
+            given = [i for i, g in enumerate(cotangents) if g is not None]
+            cotangent_leaves = {i: cotangents[i].detach().requires_grad_() for i in given}
+            out = run_sequence(_Inputs.unflatten(L, flat), cfg)
+            outputs = [out.hidden, out.z, out.logits, *out.cells]
+            first = torch.autograd.grad(
+                [outputs[i] for i in given],
+                list(leaves.values()),
+                [cotangent_leaves[i] for i in given],
+                create_graph=True,
+                allow_unused=True,
+            )
+            terms = [
+                (f, gg)
+                for f, gg in zip(first, grad_grads, strict=True)
+                if f is not None and gg is not None and f.requires_grad
+            ]
+            wrt = [*leaves.values(), *cotangent_leaves.values()]
+            second = torch.autograd.grad(
+                [f for f, _ in terms], wrt, [gg for _, gg in terms], allow_unused=True
+            )
+        result: list[Tensor | None] = [None] * ctx.num_args
+        for position, g in zip(positions, second[: len(leaves)], strict=True):
+            result[position] = g
+        offset = ctx.num_flat + 3 + 2 * L
+        for i, g in zip(given, second[len(leaves) :], strict=True):
+            result[offset + i] = g
+        return (None, *result)

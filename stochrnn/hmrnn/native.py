@@ -7,7 +7,7 @@ their backward) as one loop over the rows, leaving the matrix products to ATen.
 
 They are compiled by :func:`torch.utils.cpp_extension.load` the first time a
 fused HM-RNN runs on the CPU (about a minute, once per torch version and source;
-the result is cached under ``$STOCHRNN_CACHE`` or ``~/.cache/stochrnn``). On a
+the library is cached under ``$STOCHRNN_CACHE`` or ``~/.cache/stochrnn``). On a
 machine without a C++ compiler the build fails once with a warning and the
 pure-PyTorch step (:mod:`stochrnn.hmrnn.fused`) runs instead: the same
 numbers, slower at small sizes. ``STOCHRNN_NATIVE=0`` turns the kernels off.
@@ -16,8 +16,11 @@ numbers, slower at small sizes. ``STOCHRNN_NATIVE=0`` turns the kernels off.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -35,11 +38,58 @@ def enabled() -> bool:
     return os.environ.get("STOCHRNN_NATIVE", "1") != "0"
 
 
-def _build_directory() -> Path:
+_NAME = "stochrnn_hmrnn_fused"
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("STOCHRNN_CACHE", Path.home() / ".cache" / "stochrnn"))
+
+
+def _library() -> Path:
+    """Where the built kernels live: one file per torch version, Python and source."""
     digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:12]
-    root = Path(os.environ.get("STOCHRNN_CACHE", Path.home() / ".cache" / "stochrnn"))
     tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}"
-    return root / f"hmrnn-{tag}-{digest}".replace("+", "_")
+    name = f"{_NAME}-{tag}-{digest}".replace("+", "_").replace(".", "_")
+    return _cache_root() / f"{name}.so"
+
+
+def _import(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(_NAME, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _build(target: Path) -> ModuleType:
+    """Compile into a private directory, then move the library into place atomically.
+
+    No lock is shared between processes: two that build at once each build
+    their own and the last rename wins (both are the same), and a build that
+    is killed leaves nothing behind that blocks the next one.
+    """
+    from torch.utils import cpp_extension
+
+    print(
+        "stochrnn: compiling the native CPU kernels of the fused HM-RNN step "
+        f"into {target.parent} (once; about a minute)",
+        file=sys.stderr,
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix="build-") as directory:
+        cpp_extension.load(
+            name=_NAME,
+            sources=[str(_SOURCE)],
+            build_directory=directory,
+            extra_cflags=["-O3"],
+            verbose=False,
+        )
+        built = Path(directory) / f"{_NAME}.so"
+        staged = Path(directory) / target.name
+        shutil.copyfile(built, staged)
+        os.replace(staged, target)
+    return _import(target)
 
 
 def kernels() -> ModuleType | None:
@@ -49,24 +99,9 @@ def kernels() -> ModuleType | None:
     if "module" in _state:
         return _state["module"]
     module: ModuleType | None = None
+    target = _library()
     try:
-        from torch.utils import cpp_extension
-
-        directory = _build_directory()
-        directory.mkdir(parents=True, exist_ok=True)
-        if not any(directory.glob("*.so")) and not any(directory.glob("*.pyd")):
-            print(
-                "stochrnn: compiling the native CPU kernels of the fused HM-RNN step "
-                f"into {directory} (once; about a minute)",
-                file=sys.stderr,
-            )
-        module = cpp_extension.load(
-            name="stochrnn_hmrnn_fused",
-            sources=[str(_SOURCE)],
-            build_directory=str(directory),
-            extra_cflags=["-O3"],
-            verbose=False,
-        )
+        module = _import(target) if target.exists() else _build(target)
     except Exception as error:  # no compiler, no ninja, a failed build: fall back
         reason = (str(error).strip().splitlines() or [""])[-1]
         warnings.warn(

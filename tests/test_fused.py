@@ -1,0 +1,205 @@
+"""The fused sequence (one autograd node, hand-derived backward; native CPU kernels or
+pure PyTorch) against the per-step path of plain autograd operations, which the
+semantic tests of test_hmrnn.py pin down.
+
+Same seed, same draws: values and every gradient agree to float64 rounding
+(atol 1e-10), boundaries exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from stochrnn import (
+    HMRNN,
+    AdaptiveTemperature,
+    GumbelSigmoid,
+    HMRNNOutput,
+    HMRNNState,
+    Reinforce,
+    StraightThrough,
+)
+from stochrnn.hmrnn import native
+
+ESTIMATORS: dict[str, Callable[[], Any]] = {
+    "gumbel-hard": lambda: GumbelSigmoid(0.5),
+    "gumbel-relaxed": lambda: GumbelSigmoid(0.7, hard=False),
+    "straight-through": lambda: StraightThrough(slope=2.0),
+    "straight-through-stochastic": lambda: StraightThrough(stochastic=True, slope_rate=0.5),
+    "reinforce": lambda: Reinforce(categorical=False),
+}
+
+
+@contextmanager
+def native_kernels(on: bool) -> Iterator[None]:
+    """Run with the native kernels (built if needed) or with the pure-PyTorch fused step."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STOCHRNN_NATIVE", "1" if on else "0")
+        yield
+
+
+def random_state(rnn: HMRNN, batch: int) -> HMRNNState:
+    state = rnn.initial_state(batch)
+    return HMRNNState(
+        tuple(torch.randn_like(t).requires_grad_() for t in state.h),
+        tuple(torch.randn_like(t).requires_grad_() for t in state.c),
+        tuple((torch.rand_like(t) > 0.5).to(t.dtype).requires_grad_() for t in state.z),
+    )
+
+
+def loss_of(out: HMRNNOutput) -> Tensor:
+    """Reaches every output: hidden states, boundaries, log-probabilities, logits, state."""
+    return (
+        out.output.pow(2).sum()
+        + 0.3 * out.boundaries.sum()
+        + 0.1 * out.log_prob.sum()
+        + 0.2 * out.boundary_logits.pow(2).sum()
+        + sum(c.sum() for c in out.state.c)
+        + out.state.h[-1].sum()
+        + out.state.z[0].sum()
+    )
+
+
+def run(
+    rnn: HMRNN, x: Tensor, state: HMRNNState, mask: Tensor | None, fused: bool
+) -> tuple[HMRNNOutput, list[Tensor]]:
+    """Output and the gradients of ``loss_of`` for every input and parameter."""
+    rnn.fused = fused
+    leaves = [x, *state.h, *state.c, *state.z, *rnn.parameters()]
+    torch.manual_seed(3)  # dropout
+    out = rnn(x, state=state, mask=mask, generator=torch.Generator().manual_seed(1))
+    grads = torch.autograd.grad(loss_of(out), leaves, allow_unused=True)
+    return out, [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads, strict=True)]
+
+
+def assert_paths_agree(rnn: HMRNN, x: Tensor, mask: Tensor | None = None) -> None:
+    rnn.double()
+    x = x.double().requires_grad_()
+    state = random_state(rnn, x.shape[0] if rnn.batch_first else x.shape[1])
+    fused, fused_grads = run(rnn, x, state, mask, fused=True)
+    step, step_grads = run(rnn, x, state, mask, fused=False)
+    torch.testing.assert_close(fused.boundaries > 0.5, step.boundaries > 0.5)
+    for a, b in [
+        (fused.boundaries, step.boundaries),
+        (fused.output, step.output),
+        (fused.log_prob, step.log_prob),
+        (fused.boundary_logits, step.boundary_logits),
+        *zip(fused.state.c, step.state.c, strict=True),
+        *zip(fused_grads, step_grads, strict=True),
+    ]:
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("use_native", [True, False], ids=["native", "pytorch"])
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_fused_equals_per_step(name: str, use_native: bool) -> None:
+    torch.manual_seed(0)
+    rnn = HMRNN(3, [5, 4, 6], num_layers=3, boundary=[ESTIMATORS[name]() for _ in range(3)])
+    with native_kernels(use_native):
+        assert_paths_agree(rnn, torch.randn(4, 7, 3))
+
+
+@pytest.mark.parametrize("use_native", [True, False], ids=["native", "pytorch"])
+def test_fused_equals_per_step_with_mask_dropout_and_time_major(use_native: bool) -> None:
+    torch.manual_seed(1)
+    rnn = HMRNN(3, [5, 4, 6], num_layers=3, dropout=0.3, batch_first=False)
+    mask = torch.ones(7, 4, dtype=torch.bool)
+    mask[5:, 1] = False
+    mask[2:, 3] = False
+    with native_kernels(use_native):
+        assert_paths_agree(rnn, torch.randn(7, 4, 3), mask)
+
+
+def test_fused_equals_per_step_with_one_and_two_layers() -> None:
+    for layers in (1, 2):
+        torch.manual_seed(layers)
+        assert_paths_agree(HMRNN(2, 3, num_layers=layers), torch.randn(3, 6, 2))
+
+
+def test_native_and_pytorch_fused_steps_agree_in_float32() -> None:
+    torch.manual_seed(2)
+    rnn = HMRNN(5, 16, num_layers=3, boundary=GumbelSigmoid(0.3))
+    x = torch.randn(8, 12, 5)
+    results = []
+    for use_native in (True, False):
+        with native_kernels(use_native):
+            out = rnn(x, generator=torch.Generator().manual_seed(0))
+            grads = torch.autograd.grad(loss_of(out), list(rnn.parameters()))
+        results.append((out, grads))
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(a.boundaries, b.boundaries, atol=0, rtol=0)
+    torch.testing.assert_close(a.output, b.output, atol=1e-5, rtol=1e-5)
+    for x_grad, y_grad in zip(ga, gb, strict=True):
+        torch.testing.assert_close(x_grad, y_grad, atol=1e-4, rtol=1e-4)
+
+
+def test_native_kernels_build_here() -> None:
+    """CI's machine has a compiler: the fast path must not silently fall back there."""
+    assert native.kernels() is not None
+
+
+def test_native_kernels_off_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOCHRNN_NATIVE", "0")
+    assert native.kernels() is None
+
+
+def test_gradcheck_of_the_fused_sequence_float64() -> None:
+    """Relaxed boundaries make every output smooth: gradcheck through the hand-derived backward."""
+    torch.manual_seed(4)
+    rnn = HMRNN(2, 3, num_layers=2, boundary=GumbelSigmoid(0.9, hard=False)).double()
+    x = torch.randn(2, 4, 2, dtype=torch.float64, requires_grad=True)
+
+    def f(inputs: Tensor, *params: Tensor) -> Tensor:
+        with torch.nn.utils.stateless._reparametrize_module(
+            rnn, dict(zip([n for n, _ in rnn.named_parameters()], params, strict=True))
+        ):
+            out = rnn(inputs, generator=torch.Generator().manual_seed(0))
+        return torch.cat([out.output.flatten(), out.boundaries.flatten(), out.log_prob])
+
+    params = [p.detach().clone().requires_grad_() for p in rnn.parameters()]
+    assert torch.autograd.gradcheck(f, (x, *params), atol=1e-6)
+
+
+def test_estimators_without_a_closed_form_take_the_per_step_path() -> None:
+    """An adaptive temperature reads h, a user's estimator is a module: both run per step."""
+    rnn = HMRNN(3, 4, num_layers=2, boundary=GumbelSigmoid(AdaptiveTemperature(4)))
+    assert rnn._fused_config("cpu") is None
+    assert HMRNN(3, 4, num_layers=2)._fused_config("cpu") is not None
+    assert HMRNN(3, 4, num_layers=2, layer_norm=True)._fused_config("cpu") is None
+
+
+def test_eval_mode_boundaries_are_the_most_likely_ones_in_both_paths() -> None:
+    torch.manual_seed(5)
+    rnn = HMRNN(3, 4, num_layers=2, boundary=[GumbelSigmoid(eval_mode="mode") for _ in "ab"])
+    rnn.eval()
+    x = torch.randn(5, 6, 3)
+    outs = []
+    for fused in (True, False):
+        rnn.fused = fused
+        outs.append(rnn(x, generator=torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(outs[0].boundaries, outs[1].boundaries, atol=0, rtol=0)
+    torch.testing.assert_close(outs[0].output, outs[1].output)
+    expected = (outs[0].boundary_logits > 0).to(torch.float32)
+    torch.testing.assert_close(outs[0].boundaries, expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("use_native", [True, False], ids=["native", "pytorch"])
+def test_inference_skipping_copy_rows_gives_the_same_result(use_native: bool) -> None:
+    """Under no_grad with hard boundaries, rows in COPY skip their gate work (same numbers)."""
+    torch.manual_seed(6)
+    rnn = HMRNN(4, 8, num_layers=3, boundary=StraightThrough())
+    x = torch.randn(6, 20, 4)
+    with native_kernels(use_native), torch.no_grad():
+        skipped = rnn(x)
+    with native_kernels(use_native):
+        full = rnn(x)  # with autograd: no skipping
+    quiet = (skipped.boundaries[..., :2] == 0).float().mean()  # some rows of layers 2, 3 COPY
+    assert 0.1 < quiet < 0.9, quiet
+    torch.testing.assert_close(skipped.boundaries, full.boundaries, atol=0, rtol=0)
+    torch.testing.assert_close(skipped.output, full.output.detach(), atol=1e-6, rtol=1e-5)

@@ -69,7 +69,9 @@ def test_input_gradient_penalty_agrees_between_the_paths() -> None:
     for fused in (True, False):
         rnn = smooth_rnn(fused)
         xi = x.clone().requires_grad_()
-        (gx,) = torch.autograd.grad(run(rnn, params_of(rnn), xi).pow(2).sum(), xi, create_graph=True)
+        (gx,) = torch.autograd.grad(
+            run(rnn, params_of(rnn), xi).pow(2).sum(), xi, create_graph=True
+        )
         (second,) = torch.autograd.grad(gx.pow(2).sum(), xi)
         results.append(second)
     torch.testing.assert_close(results[0], results[1], atol=1e-10, rtol=1e-8)

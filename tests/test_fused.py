@@ -75,7 +75,9 @@ def run(
     torch.manual_seed(3)  # dropout
     out = rnn(x, state=state, mask=mask, generator=torch.Generator().manual_seed(1))
     grads = torch.autograd.grad(loss_of(out), leaves, allow_unused=True)
-    return out, [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads, strict=True)]
+    return out, [
+        torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads, strict=True)
+    ]
 
 
 def assert_paths_agree(rnn: HMRNN, x: Tensor, mask: Tensor | None = None) -> None:

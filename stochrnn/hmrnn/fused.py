@@ -582,7 +582,7 @@ class FusedSequence(torch.autograd.Function):
         L = cfg.num_layers
         saved = ctx.saved_tensors
         num_flat = len(saved) - 3 - 2 * L
-        outputs = _FusedSequenceGrad.apply(cfg, *saved, *grads[: 3 + L])
+        outputs = _FusedSequenceGrad.apply(cfg, *saved, *grads[: 3 + L])  # type: ignore[no-untyped-call]
         flat_grads: list[Tensor | None] = [None] * num_flat
         for position, grad in zip(_differentiable_positions(L), outputs, strict=True):
             flat_grads[position] = grad

@@ -205,3 +205,18 @@ def test_inference_skipping_copy_rows_gives_the_same_result(use_native: bool) ->
     assert 0.1 < quiet < 0.9, quiet
     torch.testing.assert_close(skipped.boundaries, full.boundaries, atol=0, rtol=0)
     torch.testing.assert_close(skipped.output, full.output.detach(), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("use_native", [True, False], ids=["native", "pytorch"])
+def test_an_expanded_output_gradient_is_read_through_its_strides(use_native: bool) -> None:
+    """``output.sum()`` hands back an expanded (stride 0) gradient, read without a copy."""
+    torch.manual_seed(7)
+    rnn = HMRNN(3, 5, num_layers=3, boundary=StraightThrough()).double()
+    x = torch.randn(4, 6, 3, dtype=torch.float64)
+    grads = []
+    with native_kernels(use_native):
+        for fused in (True, False):
+            rnn.fused = fused
+            grads.append(torch.autograd.grad(rnn(x).output.sum(), list(rnn.parameters())))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
@@ -514,7 +513,10 @@ def _native_backward(
     grad_z: Tensor | None,
     grad_logits: Tensor | None,
     grad_cells: Sequence[Tensor | None],
-) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+) -> tuple[Tensor, list[Tensor], list[Tensor | None], list[Tensor], list[Tensor], list[Tensor]]:
+    """The native backward: ``projected``'s gradient, the weights' and biases' (each one
+    product per block of steps, so no layer keeps its whole pre-activation gradient), and
+    the initial state's."""
     L = cfg.num_layers
     empty = inp.projected.new_empty(0)
     result = kernels.backward(
@@ -535,12 +537,9 @@ def _native_backward(
         _boundary_slope(inp, cfg, saved),
         list(cfg.hidden_sizes),
     )
-    return (
-        list(result[:L]),
-        list(result[L : 2 * L]),
-        list(result[2 * L : 3 * L]),
-        list(result[3 * L :]),
-    )
+    g_w, g_b = list(result[1 : 1 + L]), list(result[1 + L : 1 + 2 * L])
+    g_h, g_c, g_z = (list(result[1 + (2 + i) * L : 1 + (3 + i) * L]) for i in range(3))
+    return result[0], g_w, [None, *g_b[1:]], g_h, g_c, g_z
 
 
 def run_inference(inp: _Inputs, cfg: SequenceConfig) -> _Outputs:
@@ -620,13 +619,17 @@ class _FusedSequenceGrad(torch.autograd.Function):
         rest = args[num_flat + 3 : num_flat + 3 + 2 * L]
         saved.activations, saved.c_prev = list(rest[:L]), list(rest[L:])
         grad_hidden, grad_z, grad_logits, *grad_cells = args[num_flat + 3 + 2 * L :]
+        grads = (grad_hidden, grad_z, grad_logits, grad_cells)
         kernels = _native_kernels(inp, *args[num_flat:])
-        backward = _backward if kernels is None else partial(_native_backward, kernels)
-        grad_s, g_h, g_c, g_z = backward(
-            inp, cfg, saved, grad_hidden, grad_z, grad_logits, grad_cells
-        )
-        g_w, g_b = _parameter_grads(inp, saved, grad_s)
-        return (grad_s[0], *g_w, *(g for g in g_b if g is not None), *g_h, *g_c, *g_z)
+        if kernels is None:
+            grad_s, g_h, g_c, g_z = _backward(inp, cfg, saved, *grads)
+            g_w, g_b = _parameter_grads(inp, saved, grad_s)
+            g_projected = grad_s[0]
+        else:
+            g_projected, g_w, g_b, g_h, g_c, g_z = _native_backward(
+                kernels, inp, cfg, saved, *grads
+            )
+        return (g_projected, *g_w, *(g for g in g_b if g is not None), *g_h, *g_c, *g_z)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:

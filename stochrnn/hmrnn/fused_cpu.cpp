@@ -219,12 +219,19 @@ std::vector<at::Tensor> backward_impl(
     const std::vector<int64_t>& sizes) {
   const Layout s = layout(projected, sizes);
   const auto opts = projected.options();
-  std::vector<at::Tensor> gh, gc, gz, grad_s, gh_prev, gc_prev, tanh_buffer;
+  std::vector<at::Tensor> gh, gc, gz, grad_s, gh_prev, gc_prev, tanh_buffer, grad_w, grad_b, inputs;
+  // steps per weight-gradient product: about 512 rows, so the product runs at full speed
+  const int64_t block = std::min<int64_t>(s.T, std::max<int64_t>(1, (512 + s.B - 1) / s.B));
   for (int64_t l = 0; l < s.L; ++l) {
     gh.push_back(at::zeros({s.B, s.H[l]}, opts));
     gc.push_back(present(grad_cells[l]) ? grad_cells[l].clone() : at::zeros({s.B, s.H[l]}, opts));
     gz.push_back(at::zeros({s.B}, opts));
-    grad_s.push_back(at::empty({s.T, s.B, 4 * s.H[l] + 1}, opts));
+    // layer 1's whole (T, B, N) gradient is returned (it is projected's); the others are
+    // kept for one block of steps, whose weight gradient is then one product
+    grad_s.push_back(at::empty({l == 0 ? s.T : block, s.B, 4 * s.H[l] + 1}, opts));
+    grad_w.push_back(at::zeros({4 * s.H[l] + 1, s.K[l]}, opts));
+    grad_b.push_back(at::zeros({4 * s.H[l] + 1}, opts));
+    inputs.push_back(at::empty({block * s.B, s.K[l]}, opts));
     gh_prev.push_back(at::empty({s.B, s.H[l]}, opts));
     gc_prev.push_back(at::empty({s.B, s.H[l]}, opts));
     tanh_buffer.push_back(at::empty({s.B, 2 * s.H[l]}, opts));
@@ -232,7 +239,10 @@ std::vector<at::Tensor> backward_impl(
   std::vector<T> g_zp(s.B), g_zb(s.B), g_v(s.B);
   const T* hid = hidden.data_ptr<T>();
   const T* zo = z.data_ptr<T>();
+  // read through its strides: the gradient of a sum is often an expanded (stride 0) tensor
   const T* ogh = ptr_or_null<T>(grad_hidden);
+  const int64_t gs0 = ogh ? grad_hidden.stride(0) : 0, gs1 = ogh ? grad_hidden.stride(1) : 0;
+  const int64_t gs2 = ogh ? grad_hidden.stride(2) : 0;
   const T* ogz = ptr_or_null<T>(grad_z);
   const T* oga = ptr_or_null<T>(grad_logits);
   const T* slope = boundary_slope.data_ptr<T>();
@@ -248,7 +258,8 @@ std::vector<at::Tensor> backward_impl(
       T* gzl = gz[l].data_ptr<T>();
       T* ghp = gh_prev[l].data_ptr<T>();
       T* gcp = gc_prev[l].data_ptr<T>();
-      T* gs = grad_s[l].data_ptr<T>() + t * s.B * N;
+      const int64_t slot = l == 0 ? t : t % block;
+      T* gs = grad_s[l].data_ptr<T>() + slot * s.B * N;
       const T* act = acts[l].data_ptr<T>() + t * s.B * N;
       const T* cpv = c_prev[l].data_ptr<T>() + t * s.B * H;
       // c_F, c_U of this step and their tanh (vectorised by ATen)
@@ -267,13 +278,13 @@ std::vector<at::Tensor> backward_impl(
         const bool real = m == nullptr || m[t * s.B + b];
         T* ghr = ghl + b * H;
         T* gcr = gcl + b * H;
-        const T* outer = ogh ? ogh + (t * s.B + b) * row + s.col[l] : nullptr;
+        const T* outer = ogh ? ogh + t * gs0 + b * gs1 + s.col[l] * gs2 : nullptr;
         T gv = gzl[b] + (ogz ? ogz[(t * s.B + b) * s.L + l] : T(0));
         g_v[b] = gv;
         T* gsr = gs + b * N;
         if (!real) {  // a padded step: every gradient goes to the state before it
           for (int64_t k = 0; k < H; ++k) {
-            ghp[b * H + k] = ghr[k] + (outer ? outer[k] : T(0));
+            ghp[b * H + k] = ghr[k] + (outer ? outer[k * gs2] : T(0));
             gcp[b * H + k] = gcr[k];
           }
           std::fill(gsr, gsr + N, T(0));
@@ -293,7 +304,7 @@ std::vector<at::Tensor> backward_impl(
         const T* tfu = tc + b * 2 * H;
         for (int64_t k = 0; k < H; ++k) {
           const T i = ar[k], f = ar[H + k], o = ar[2 * H + k], g = ar[3 * H + k], c = cr[k];
-          const T gh_k = ghr[k] + (outer ? outer[k] : T(0)), gc_k = gcr[k];
+          const T gh_k = ghr[k] + (outer ? outer[k * gs2] : T(0)), gc_k = gcr[k];
           const T cf = cfu[k], cu = cfu[H + k];
           const T tf = tfu[k], tu = tfu[H + k];
           const T gho = gh_k * o;
@@ -321,7 +332,7 @@ std::vector<at::Tensor> backward_impl(
           g_zb[b] = (T(1) - zp) * (d_update - d_copy);
         }
       }
-      at::Tensor g_u = at::mm(grad_s[l][t], weights[l]);  // (B, K)
+      at::Tensor g_u = at::mm(grad_s[l][slot], weights[l]);  // (B, K)
       const T* gu = g_u.data_ptr<T>();
       const int64_t K = s.K[l];
       const T* drop = present(dropout[l]) ? dropout[l].data_ptr<T>() + t * s.B * Hb : nullptr;
@@ -370,8 +381,42 @@ std::vector<at::Tensor> backward_impl(
         }
       }
     }
+    if (t % block == 0) {  // the block [t, t + n) is done: its weight gradients
+      const int64_t n = std::min(block, s.T - t);
+      for (int64_t l = 0; l < s.L; ++l) {
+        const int64_t H = s.H[l], K = s.K[l], N = 4 * H + 1;
+        const int64_t Hb = l > 0 ? s.H[l - 1] : 0;
+        T* ub = inputs[l].data_ptr<T>();
+        for (int64_t tt = t; tt < t + n; ++tt) {
+          const T* drop = present(dropout[l]) ? dropout[l].data_ptr<T>() + tt * s.B * Hb : nullptr;
+          for (int64_t b = 0; b < s.B; ++b) {
+            T* ur = ub + ((tt - t) * s.B + b) * K;
+            const T zp = tt > 0 ? zo[((tt - 1) * s.B + b) * s.L + l] : z0[l].data_ptr<T>()[b];
+            if (l > 0) {
+              const T zb = zo[(tt * s.B + b) * s.L + l - 1];
+              const T* x = hid + (tt * s.B + b) * row + s.col[l - 1];
+              for (int64_t k = 0; k < Hb; ++k) ur[k] = zb * (drop ? x[k] * drop[b * Hb + k] : x[k]);
+            }
+            const T* hp = tt > 0 ? hid + ((tt - 1) * s.B + b) * row + s.col[l]
+                                 : h0[l].data_ptr<T>() + b * H;
+            std::copy(hp, hp + H, ur + Hb);
+            if (l + 1 < s.L) {
+              const int64_t Ha = s.H[l + 1];
+              const T* ha = tt > 0 ? hid + ((tt - 1) * s.B + b) * row + s.col[l + 1]
+                                   : h0[l + 1].data_ptr<T>() + b * Ha;
+              for (int64_t k = 0; k < Ha; ++k) ur[Hb + H + k] = zp * ha[k];
+            }
+          }
+        }
+        at::Tensor gs = grad_s[l].narrow(0, l == 0 ? t : 0, n).reshape({n * s.B, N});
+        grad_w[l].addmm_(gs.t(), inputs[l].narrow(0, 0, n * s.B));
+        grad_b[l].add_(gs.sum(0));
+      }
+    }
   }
-  std::vector<at::Tensor> out(grad_s.begin(), grad_s.end());
+  std::vector<at::Tensor> out{grad_s[0]};
+  out.insert(out.end(), grad_w.begin(), grad_w.end());
+  out.insert(out.end(), grad_b.begin(), grad_b.end());
   out.insert(out.end(), gh.begin(), gh.end());
   out.insert(out.end(), gc.begin(), gc.end());
   out.insert(out.end(), gz.begin(), gz.end());
@@ -430,7 +475,7 @@ std::vector<at::Tensor> backward(
     out = backward_impl<scalar_t>(
         projected, contiguous(weights), contiguous(h0), contiguous(z0), contiguous(dropout),
         contiguous(mask), hidden.contiguous(), z.contiguous(), contiguous(acts),
-        contiguous(c_prev), contiguous(grad_hidden), contiguous(grad_z), contiguous(grad_logits),
+        contiguous(c_prev), grad_hidden, contiguous(grad_z), contiguous(grad_logits),
         contiguous(grad_cells), boundary_slope.contiguous(), sizes);
   });
   return out;

@@ -157,6 +157,7 @@ class HMRNN(nn.Module):
         )
         self.compile_step = compile_step
         self.fused = fused
+        self.skip_copy_rows = True
         self._compiled_advance: StepFunction | None = None
 
     @staticmethod
@@ -424,10 +425,7 @@ class HMRNN(nn.Module):
             hidden, z, logits = results[:3]
             cells = list(results[3 : 3 + L])
         else:
-            skip = not torch.is_grad_enabled() and all(
-                bool(((zs == 0) | (zs == 1)).all()) for zs in state.z
-            )
-            out = run_inference(inputs, replace(config, skip_copy=skip))
+            out = run_inference(inputs, replace(config, skip_copy=self.skip_copy_rows))
             hidden, z, logits, cells = out.hidden, out.z, out.logits, out.cells
         log_prob = torch.stack(
             [rule.log_prob(logits[..., l], z[..., l]) for l, rule in enumerate(config.rules)],

@@ -1,0 +1,147 @@
+"""Inference time of ``HMRNN`` against the boundary rate, beside ``torch.nn.LSTM``.
+
+Under ``torch.no_grad()`` with hard boundaries, rows in COPY (the layer's own
+boundary at ``t-1`` and the one below at ``t`` both 0) keep their state, so the
+fused step computes only their boundary logit (one dot product) instead of the
+whole gate product. Here every layer's boundary is forced to fire at a chosen
+rate ``r`` (the boundary row of the weights set to 0, its bias to
+``logit(r)``, Gumbel-sigmoid draws), so layers 2..L are in COPY on a share
+``(1 - r)²`` of their steps. Each rate is timed with the skipping on and off
+(``HMRNN.skip_copy_rows``), in one process beside the LSTM, in alternation.
+
+Example (from the repository root)::
+
+    python benchmarks/hmrnn_sparsity.py --threads 1 --out benchmarks/results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stochrnn import HMRNN
+from stochrnn.hmrnn import native
+
+RATES = (0.1, 0.3, 0.6, 1.0)
+
+
+def forced_rate(rnn: HMRNN, rate: float) -> None:
+    """Every layer's boundary fires with probability ``rate`` whatever its input."""
+    logit = 30.0 if rate >= 1.0 else math.log(rate / (1.0 - rate))
+    with torch.no_grad():
+        for cell in rnn.layers:
+            cell.weight[-1].zero_()
+            cell.bias[-1] = logit
+
+
+def timed(fn: Any, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="64,60,512,512,3", help="B,T,input,hidden,layers")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batch, steps, inputs, hidden, layers = (int(v) for v in args.size.split(","))
+    native.kernels()
+    torch.manual_seed(0)
+    x = torch.randn(batch, steps, inputs)
+    lstm = torch.nn.LSTM(inputs, hidden, layers, batch_first=True)
+    rnn = HMRNN(inputs, hidden, layers)
+    rows = []
+    with torch.no_grad():
+        for _ in range(2):
+            lstm(x)
+            rnn(x)
+        for rate in RATES:
+            forced_rate(rnn, rate)
+            rnn.skip_copy_rows = True
+            copy = 1.0 - (rnn(x).boundaries[..., :-1] > 0).float().mean().item()
+            times: dict[str, list[float]] = {"lstm": [], "skip": [], "full": []}
+            for _ in range(args.repeats):  # alternate, so that load hits all alike
+                times["lstm"].append(timed(lambda: lstm(x), 1))
+                rnn.skip_copy_rows = True
+                times["skip"].append(timed(lambda: rnn(x), 1))
+                rnn.skip_copy_rows = False
+                times["full"].append(timed(lambda: rnn(x), 1))
+            median = {k: statistics.median(v) for k, v in times.items()}
+            row = {
+                "rate": rate,
+                "copy_share_layers_2_to_L": (1.0 - rate) ** 2,
+                "boundary_zero_share_measured": copy,
+                "lstm_s": median["lstm"],
+                "hmrnn_skip_s": median["skip"],
+                "hmrnn_full_s": median["full"],
+                "skip_over_lstm": median["skip"] / median["lstm"],
+                "full_over_lstm": median["full"] / median["lstm"],
+            }
+            rows.append(row)
+            print(
+                f"rate {rate:.1f}: lstm {row['lstm_s']:.3f} s, hmrnn skipping COPY "
+                f"{row['hmrnn_skip_s']:.3f} s (x{row['skip_over_lstm']:.2f}), not skipping "
+                f"{row['hmrnn_full_s']:.3f} s (x{row['full_over_lstm']:.2f})",
+                flush=True,
+            )
+    report = {
+        "size": {"batch": batch, "steps": steps, "input": inputs, "hidden": hidden},
+        "layers": layers,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "native_kernels": native.kernels() is not None,
+        "command": " ".join(["python", "benchmarks/hmrnn_sparsity.py", *(argv or sys.argv[1:])]),
+        "rows": rows,
+    }
+    lines = [
+        f"# HMRNN inference against the boundary rate (B={batch}, T={steps}, in={inputs}, "
+        f"hidden={hidden}, {layers} layers)",
+        "",
+        f"torch {report['torch']}, {report['threads']} threads, median of {args.repeats}, "
+        f"under `torch.no_grad()`; command: `{report['command']}`",
+        "",
+        "| boundary rate | COPY share of layers 2..L | nn.LSTM s | HMRNN s (COPY skipped) "
+        "| ratio | HMRNN s (not skipped) | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['rate']:.0%} | {r['copy_share_layers_2_to_L']:.2f} | {r['lstm_s']:.3f} "
+            f"| {r['hmrnn_skip_s']:.3f} | {r['skip_over_lstm']:.2f} | {r['hmrnn_full_s']:.3f} "
+            f"| {r['full_over_lstm']:.2f} |"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"hmrnn_sparsity_cpu-{report['threads']}-threads"
+    for suffix, text in (
+        (".json", json.dumps(report, indent=2) + "\n"),
+        (".md", "\n".join(lines) + "\n"),
+    ):
+        with tempfile.NamedTemporaryFile("w", dir=args.out, delete=False, suffix=".tmp") as tmp:
+            tmp.write(text)
+        os.replace(tmp.name, stem.with_suffix(suffix))
+    print(f"wrote {stem}.json and .md")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -51,8 +51,9 @@ class BoundaryRule:
     ``value(a, noise)`` the boundary, differentiable in ``a`` under autograd;
     ``derivatives(a, noise, value)`` returns :math:`\\partial v/\\partial a` and
     :math:`\\partial \\log p / \\partial a`; ``log_prob(a, value)`` the
-    log-probability of the value. ``kind`` and ``param`` name the rule for the
-    native kernels (``fused_cpu.cpp``): the temperature or the slope.
+    log-probability of the value. ``kind`` and ``param()`` name the rule for the
+    native CPU kernels (``fused_cpu.cpp``): the temperature or the slope (read only
+    there, so that a CUDA step never waits to read the slope to the host).
     """
 
     draw: Callable[[torch.Size, torch.device, torch.Generator | None], Tensor | None]
@@ -60,7 +61,7 @@ class BoundaryRule:
     derivatives: Callable[[Tensor, Tensor | None, Tensor], tuple[Tensor, Tensor]]
     log_prob: Callable[[Tensor, Tensor], Tensor]
     kind: int
-    param: float = 0.0
+    param: Callable[[], float] = float
 
 
 def _compute(a: Tensor) -> Tensor:
@@ -87,7 +88,9 @@ def _bernoulli_score(a: Tensor, value: Tensor) -> Tensor:
     return (value > 0.5).to(a.dtype) - torch.sigmoid(a)
 
 
-def _gumbel_rule(tau: float, hard: bool) -> BoundaryRule:
+def _gumbel_rule(tau: Tensor, hard: bool) -> BoundaryRule:
+    """``tau`` stays a tensor (read to the host only for the CPU kernels)."""
+
     def value(a: Tensor, noise: Tensor | None) -> Tensor:
         assert noise is not None
         shifted = _compute(a) + noise
@@ -103,7 +106,9 @@ def _gumbel_rule(tau: float, hard: bool) -> BoundaryRule:
         y = torch.sigmoid((_compute(a) + noise) / tau)
         return (y * (1.0 - y) / tau).to(a.dtype), _bernoulli_score(a, v)
 
-    return BoundaryRule(_logistic, value, derivatives, _bernoulli_log_prob, 0 if hard else 1, tau)
+    return BoundaryRule(
+        _logistic, value, derivatives, _bernoulli_log_prob, 0 if hard else 1, lambda: float(tau)
+    )
 
 
 def _straight_through_rule(est: StraightThrough) -> BoundaryRule:
@@ -128,9 +133,8 @@ def _straight_through_rule(est: StraightThrough) -> BoundaryRule:
         return dp.to(a.dtype), dlog_p.to(a.dtype)
 
     draw = _uniform if est.stochastic else _no_noise
-    return BoundaryRule(
-        draw, value, derivatives, est.log_prob, 3 if est.stochastic else 2, est.slope
-    )
+    kind = 3 if est.stochastic else 2
+    return BoundaryRule(draw, value, derivatives, est.log_prob, kind, lambda: float(est.slope))
 
 
 def _reinforce_rule() -> BoundaryRule:
@@ -158,7 +162,7 @@ def _mode_rule(est: Any) -> BoundaryRule:
         return torch.zeros_like(a), torch.zeros_like(a) if score is None else score
 
     # the native kernels' deterministic straight-through rule with slope 1 is 1[a > 0]
-    return BoundaryRule(_no_noise, value, derivatives, est.log_prob, 2, 1.0)
+    return BoundaryRule(_no_noise, value, derivatives, est.log_prob, 2, lambda: 1.0)
 
 
 def boundary_rule(est: Any) -> BoundaryRule | None:
@@ -172,7 +176,7 @@ def boundary_rule(est: Any) -> BoundaryRule | None:
         if not est.training and est.eval_mode == "mode" and est.event_family == "binary":
             return _mode_rule(est)
     if kind is GumbelSigmoid and type(est.temperature) is ConstantTemperature:
-        return _gumbel_rule(float(est.temperature.tau), est.hard)
+        return _gumbel_rule(est.temperature.tau, est.hard)
     if kind is StraightThrough:
         return _straight_through_rule(est)
     if kind is Reinforce and not est.categorical:

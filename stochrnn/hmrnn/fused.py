@@ -492,7 +492,7 @@ def _native_forward(kernels: Any, inp: _Inputs, cfg: SequenceConfig) -> _Outputs
         opt[2],
         torch.empty(0, dtype=torch.bool) if inp.mask is None else inp.mask,
         [rule.kind for rule in cfg.rules],
-        [float(rule.param) for rule in cfg.rules],
+        [float(rule.param()) for rule in cfg.rules],
         list(cfg.hidden_sizes),
         cfg.skip_copy,
     )

@@ -86,13 +86,14 @@ std::vector<at::Tensor> forward_impl(
   at::Tensor hidden = at::empty({s.T, s.B, s.total}, opts);
   at::Tensor z = at::empty({s.T, s.B, s.L}, opts);
   at::Tensor logits = at::empty({s.T, s.B, s.L}, opts);
-  std::vector<at::Tensor> cells, acts, c_prev, u, tanh_buffer;
+  std::vector<at::Tensor> cells, acts, c_prev, u, tanh_buffer, logit_weights;
   for (int64_t l = 0; l < s.L; ++l) {
     cells.push_back(c0[l].clone());
     acts.push_back(at::empty({s.T, s.B, 4 * s.H[l] + 1}, opts));
     c_prev.push_back(at::empty({s.T, s.B, s.H[l]}, opts));
     u.push_back(at::empty({s.B, s.K[l]}, opts));
     tanh_buffer.push_back(at::empty({s.B, 2 * s.H[l]}, opts));
+    logit_weights.push_back(weights_t[l].select(1, 4 * s.H[l]).contiguous());
   }
   T* hid = hidden.data_ptr<T>();
   T* zo = z.data_ptr<T>();
@@ -137,11 +138,11 @@ std::vector<at::Tensor> forward_impl(
           if (zp > T(0) || zb > T(0)) active.push_back(b);
         }
         act.zero_();
-        const T* wt = weights_t[l].data_ptr<T>();
+        const T* wz = logit_weights[l].data_ptr<T>();  // the boundary column, contiguous
         const T bz = biases[l].data_ptr<T>()[4 * H];
         for (int64_t b = 0; b < s.B; ++b) {
           T acc = bz;
-          for (int64_t k = 0; k < K; ++k) acc += ub[b * K + k] * wt[k * N + 4 * H];
+          for (int64_t k = 0; k < K; ++k) acc += ub[b * K + k] * wz[k];
           a[b * N + 4 * H] = acc;
         }
         if (!active.empty()) {

@@ -57,6 +57,7 @@ class HMRNNState(NamedTuple):
 
         Examples
         --------
+        >>> from stochrnn import HMRNN
         >>> rnn = HMRNN(3, 4, num_layers=2)
         >>> state = rnn(torch.randn(2, 5, 3)).state.detach()
         >>> any(t.requires_grad for t in state.h + state.c + state.z)

@@ -84,24 +84,54 @@ class HMRNN(nn.Module):
         :math:`h^e_t = \mathrm{ReLU}(\sum_l g^l_t W_l h^l_t)` with
         :math:`g^l_t = \sigma(w_l \cdot [h^1_t; \dots; h^L_t])`, of size ``E``.
     compile_step:
-        Run the per-step function (all layers, one step) through
+        Run the per-step path's step function (all layers, one step) through
         :func:`torch.compile` (named so as not to shadow :meth:`torch.nn.Module.compile`,
-        which would unroll the whole time loop). Compiling takes tens of seconds;
-        on a 2-core CPU it halves the time of small models (Python-bound) and gains
-        little at 512 hidden units (matrix-bound). Random draws then come from the
-        compiled graph's generator, so sampling estimators give other draws than in
-        eager mode, and the weight gradients are left to autograd (see below).
+        which would unroll the whole time loop). Compiling takes tens of seconds.
+        Random draws then come from the compiled graph's generator, so sampling
+        estimators give other draws than in eager mode. The fused step is faster on
+        the CPU; this is for the per-step path (estimators without a closed form,
+        layer norm) and for GPUs. Copies and pickles compile their own step.
+    fused:
+        Run the whole sequence as one fused autograd node where it applies (the
+        default). ``False`` always takes the per-step path of plain autograd
+        operations: the same numbers, slower.
+
+    Attributes
+    ----------
+    skip_copy_rows:
+        ``True`` (default): when nothing is differentiated (``torch.no_grad()`` or
+        frozen weights), rows in COPY at a step compute only their boundary logit,
+        not their gates, so inference gets faster as boundaries get rarer (the
+        HM-RNN's computational argument). Their result is the same up to float
+        rounding of the boundary logit (one dot product instead of a column of
+        the matrix product); set ``False`` for results bitwise equal to training mode.
 
     Notes
     -----
-    Speed: layer 1's input product is one matrix product over all steps; each
+    Two paths compute the same function (tested against each other to float64
+    rounding, with the same draws from the same seed):
+
+    * The **fused sequence** (:mod:`~stochrnn.hmrnn.fused`): every layer and step
+      in one autograd node, with a hand-derived backward that saves only the
+      gates and cell states, and each weight's gradient as one product per block
+      of steps. On the CPU it runs native kernels (:mod:`~stochrnn.hmrnn.native`,
+      compiled at first use; without a compiler it falls back to the same
+      algorithm in PyTorch). It serves boundary estimators with a closed form
+      (:func:`~stochrnn.hmrnn.boundary.boundary_rule`: ``GumbelSigmoid`` with a
+      constant temperature, ``StraightThrough``, binary ``Reinforce``), no layer
+      norm, no autocast. Double backward, :mod:`torch.func` (``grad``, ``vmap``,
+      ``jacrev``) and compiled autograd work on it: higher-order gradients re-run
+      the sequence under autograd.
+    * The **per-step path**: one :class:`HMLSTMCell` transition per layer and step
+      in plain autograd operations, with any estimator module (one that reads the
+      hidden state through an :class:`~stochrnn.estimators.AdaptiveTemperature`,
+      or a user's own).
+
+    Layer 1's input product is one matrix product over all steps in both; each
     layer then does one product per step, its gated inputs side by side
-    (``[z^{l-1}_t h^{l-1}_t, h^l_{t-1}, z^l_{t-1} h^{l+1}_{t-1}]``); and each weight's
-    gradient is one product over all ``T·B`` rows (:mod:`~stochrnn.hmrnn.fused`) instead
-    of ``T`` products of ``B`` rows added up. No Python work is done per row. Rows in
-    COPY are not skipped: with a pathwise estimator the blend needs every row's
-    gates for the boundary's gradient, and the boundary logit needs the row's
-    recurrent product at every step.
+    (``[z^{l-1}_t h^{l-1}_t, h^l_{t-1}, z^l_{t-1} h^{l+1}_{t-1}]``). Rows in COPY are
+    never skipped when gradients are needed: with a pathwise estimator the blend
+    needs every row's gates for the boundary's gradient.
 
     Examples
     --------

@@ -3,11 +3,12 @@
 Under ``torch.no_grad()`` with hard boundaries, rows in COPY (the layer's own
 boundary at ``t-1`` and the one below at ``t`` both 0) keep their state, so the
 fused step computes only their boundary logit (one dot product) instead of the
-whole gate product. Here every layer's boundary is forced to fire at a chosen
-rate ``r`` (the boundary row of the weights set to 0, its bias to
-``logit(r)``, Gumbel-sigmoid draws), so layers 2..L are in COPY on a share
-``(1 - r)²`` of their steps. Each rate is timed with the skipping on and off
-(``HMRNN.skip_copy_rows``), in one process beside the LSTM, in alternation.
+whole gate product, and rows in FLUSH skip the forget gate's columns. Here every
+layer's boundary is forced to fire at a chosen rate ``r`` (the boundary row of the
+weights set to 0, its bias to ``logit(r)``, Gumbel-sigmoid draws), so every layer
+FLUSHes on a share ``r`` of its steps and layers 2..L COPY on ``(1 - r)²``. Each
+rate is timed with the skipping on and off (``HMRNN.skip_copy_rows``), in one
+process beside the LSTM, in alternation.
 
 Example (from the repository root)::
 
@@ -46,13 +47,12 @@ def forced_rate(rnn: HMRNN, rate: float) -> None:
             cell.bias[-1] = logit
 
 
-def timed(fn: Any, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timed(fn: Any) -> float:
+    """Process CPU time of one call: steadier than wall time on a shared machine (with
+    several threads it sums them, for both models alike)."""
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -81,11 +81,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             copy = 1.0 - (rnn(x).boundaries[..., :-1] > 0).float().mean().item()
             times: dict[str, list[float]] = {"lstm": [], "skip": [], "full": []}
             for _ in range(args.repeats):  # alternate, so that load hits all alike
-                times["lstm"].append(timed(lambda: lstm(x), 1))
+                times["lstm"].append(timed(lambda: lstm(x)))
                 rnn.skip_copy_rows = True
-                times["skip"].append(timed(lambda: rnn(x), 1))
+                times["skip"].append(timed(lambda: rnn(x)))
                 rnn.skip_copy_rows = False
-                times["full"].append(timed(lambda: rnn(x), 1))
+                times["full"].append(timed(lambda: rnn(x)))
             median = {k: statistics.median(v) for k, v in times.items()}
             row = {
                 "rate": rate,
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
             rows.append(row)
             print(
-                f"rate {rate:.1f}: lstm {row['lstm_s']:.3f} s, hmrnn skipping COPY "
+                f"rate {rate:.1f}: lstm {row['lstm_s']:.3f} CPU s, hmrnn skipping "
                 f"{row['hmrnn_skip_s']:.3f} s (x{row['skip_over_lstm']:.2f}), not skipping "
                 f"{row['hmrnn_full_s']:.3f} s (x{row['full_over_lstm']:.2f})",
                 flush=True,
@@ -117,11 +117,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"# HMRNN inference against the boundary rate (B={batch}, T={steps}, in={inputs}, "
         f"hidden={hidden}, {layers} layers)",
         "",
-        f"torch {report['torch']}, {report['threads']} threads, median of {args.repeats}, "
-        f"under `torch.no_grad()`; command: `{report['command']}`",
+        f"torch {report['torch']}, {report['threads']} threads, process CPU time, median of "
+        f"{args.repeats}, under `torch.no_grad()`; command: `{report['command']}`",
         "",
-        "| boundary rate | COPY share of layers 2..L | nn.LSTM s | HMRNN s (COPY skipped) "
-        "| ratio | HMRNN s (not skipped) | ratio |",
+        "| boundary rate | COPY share of layers 2..L | nn.LSTM s | HMRNN s (work skipped) "
+        "| ratio | HMRNN s (nothing skipped) | ratio |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:

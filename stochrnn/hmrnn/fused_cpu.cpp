@@ -129,55 +129,58 @@ std::vector<at::Tensor> forward_impl(
       at::Tensor act = acts[l][t];
       const at::Tensor& base = l == 0 ? projected[t] : biases[l];
       T* a = act.data_ptr<T>();
-      // Without autograd, a row computes only the columns its operation reads: FLUSH
-      // (z_p = 1) reads i, o, g and the logit (c = i g: no f), COPY (z_p = 0, z_b = 0)
-      // only the logit; UPDATE rows and rows with relaxed boundaries read everything.
-      std::vector<int64_t> full, flush, copy;
+      // Without autograd, rows compute only what their operation reads: COPY rows
+      // (z_p = 0, z_b = 0) only their logit, a dot product; the others one matrix
+      // product together (one pass over the weights: the product's cost at this batch
+      // size), without the forget gate's columns when all of them FLUSH (c = i g).
+      std::vector<int64_t> active;
+      bool all_flush = true;
       if (skip_copy) {
         for (int64_t b = 0; b < s.B; ++b) {
           const T zp = t > 0 ? zo[((t - 1) * s.B + b) * s.L + l] : z0[l].data_ptr<T>()[b];
           const T zb = l > 0 ? zo[(t * s.B + b) * s.L + l - 1] : T(1);
-          if (zp == T(1)) {
-            flush.push_back(b);
-          } else if (zp == T(0) && zb == T(0)) {
-            copy.push_back(b);
-          } else {
-            full.push_back(b);
-          }
+          if (zp == T(0) && zb == T(0)) continue;
+          active.push_back(b);
+          all_flush = all_flush && zp == T(1);
         }
       }
-      if (flush.empty() && copy.empty()) {
+      const bool gather = skip_copy && static_cast<int64_t>(active.size()) < s.B;
+      if (!skip_copy || (!gather && !all_flush)) {
         at::addmm_out(act, base, u[l], weights_t[l]);
       } else {
         act.zero_();
         const T* wz = logit_weights[l].data_ptr<T>();  // the boundary column, contiguous
-        for (int64_t b : copy) {
+        size_t next = 0;
+        for (int64_t b = 0; b < s.B; ++b) {  // COPY rows
+          if (next < active.size() && active[next] == b) {
+            ++next;
+            continue;
+          }
           T acc = l == 0 ? base.data_ptr<T>()[b * N + 4 * H] : base.data_ptr<T>()[4 * H];
           for (int64_t k = 0; k < K; ++k) acc += ub[b * K + k] * wz[k];
           a[b * N + 4 * H] = acc;
         }
-        auto rows_of = [&](const std::vector<int64_t>& rows) -> std::pair<at::Tensor, at::Tensor> {
-          at::Tensor index = torch::tensor(rows, torch::kLong);
-          return {u[l].index_select(0, index), l == 0 ? base.index_select(0, index) : base};
-        };
-        if (!full.empty()) {
-          const auto [x, bias] = rows_of(full);
-          const at::Tensor part = at::addmm(bias, x, weights_t[l]);
-          const T* pp = part.data_ptr<T>();
-          for (size_t r = 0; r < full.size(); ++r)
-            std::copy(pp + r * N, pp + (r + 1) * N, a + full[r] * N);
-        }
-        if (!flush.empty()) {
-          const auto [x, bias] = rows_of(flush);
-          const at::Tensor gate_i =
-              at::addmm(bias.narrow(-1, 0, H), x, weights_t[l].narrow(1, 0, H));
-          const at::Tensor rest = at::addmm(bias.narrow(-1, 2 * H, 2 * H + 1), x,
-                                            weights_t[l].narrow(1, 2 * H, 2 * H + 1));
-          const T* pi = gate_i.data_ptr<T>();
-          const T* pr = rest.data_ptr<T>();
-          for (size_t r = 0; r < flush.size(); ++r) {
-            std::copy(pi + r * H, pi + (r + 1) * H, a + flush[r] * N);
-            std::copy(pr + r * (2 * H + 1), pr + (r + 1) * (2 * H + 1), a + flush[r] * N + 2 * H);
+        if (!active.empty()) {
+          at::Tensor index = torch::tensor(active, torch::kLong);
+          const at::Tensor x = gather ? u[l].index_select(0, index) : u[l];
+          const at::Tensor bias = gather && l == 0 ? base.index_select(0, index) : base;
+          const int64_t R = static_cast<int64_t>(active.size());
+          if (all_flush) {
+            const at::Tensor gate_i =
+                at::addmm(bias.narrow(-1, 0, H), x, weights_t[l].narrow(1, 0, H));
+            const at::Tensor rest = at::addmm(bias.narrow(-1, 2 * H, 2 * H + 1), x,
+                                              weights_t[l].narrow(1, 2 * H, 2 * H + 1));
+            const T* pi = gate_i.data_ptr<T>();
+            const T* pr = rest.data_ptr<T>();
+            for (int64_t r = 0; r < R; ++r) {
+              std::copy(pi + r * H, pi + (r + 1) * H, a + active[r] * N);
+              std::copy(pr + r * (2 * H + 1), pr + (r + 1) * (2 * H + 1), a + active[r] * N + 2 * H);
+            }
+          } else {
+            const at::Tensor part = at::addmm(bias, x, weights_t[l]);
+            const T* pp = part.data_ptr<T>();
+            for (int64_t r = 0; r < R; ++r)
+              std::copy(pp + r * N, pp + (r + 1) * N, a + active[r] * N);
           }
         }
       }

@@ -593,3 +593,22 @@ def test_runs_on_cuda() -> None:
     gpu = HMRNN(3, [4, 3], 2, boundary=StraightThrough()).cuda()
     gpu.load_state_dict(cpu.state_dict())
     torch.testing.assert_close(gpu(x).output.cpu(), cpu(x.cpu()).output, atol=1e-5, rtol=1e-4)
+
+
+def test_prior_loss_is_the_boundary_prior_and_reaches_the_boundary_weights() -> None:
+    from stochrnn import BoundaryRatePrior
+
+    torch.manual_seed(21)
+    prior = BoundaryRatePrior([0.5, 0.1], weight=2.0)
+    rnn = HMRNN(3, 4, num_layers=2, boundary_prior=prior)
+    x = torch.randn(5, 6, 3)
+    mask = torch.ones(5, 6, dtype=torch.bool)
+    mask[0, 3:] = False
+    out = rnn(x, mask=mask)
+    loss = rnn.prior_loss(out, mask)
+    torch.testing.assert_close(loss, prior(out, rnn.boundaries, mask))
+    assert loss > 0
+    loss.backward()
+    boundary_rows = [cell.weight.grad[-1] for cell in rnn.layers]  # the logits' rows
+    assert all(g is not None and g.abs().sum() > 0 for g in boundary_rows)
+    assert HMRNN(3, 4, num_layers=2).prior_loss(out).item() == 0.0

@@ -95,6 +95,11 @@ class HMRNN(nn.Module):
         Run the whole sequence as one fused autograd node where it applies (the
         default). ``False`` always takes the per-step path of plain autograd
         operations: the same numbers, slower.
+    boundary_prior:
+        A prior on the boundary rates, e.g.
+        :class:`~stochrnn.hierarchy.BoundaryRatePrior`, called as
+        ``prior(out, rnn.boundaries, mask)``; :meth:`prior_loss` adds it to the
+        training loss. ``None``: :meth:`prior_loss` is 0.
 
     Attributes
     ----------
@@ -158,6 +163,7 @@ class HMRNN(nn.Module):
         output_embedding_size: int | None = None,
         compile_step: bool = False,
         fused: bool = True,
+        boundary_prior: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.input_size = _check_size("input_size", input_size)
@@ -188,6 +194,7 @@ class HMRNN(nn.Module):
         self.compile_step = compile_step
         self.fused = fused
         self.skip_copy_rows = True
+        self.boundary_prior = boundary_prior
         self._compiled_advance: StepFunction | None = None
 
     @staticmethod
@@ -553,6 +560,26 @@ class HMRNN(nn.Module):
         return self._readout(hidden[0]), state
 
     # ------------------------------------------------------------------ losses
+
+    def prior_loss(self, out: HMRNNOutput, mask: Tensor | None = None) -> Tensor:
+        """The boundary prior's loss for ``out`` (0 without a ``boundary_prior``).
+
+        ``mask`` as given to :meth:`forward`. Add it to the training loss beside
+        :meth:`surrogate_loss`.
+
+        Examples
+        --------
+        >>> from stochrnn import BoundaryRatePrior
+        >>> rnn = HMRNN(3, 4, num_layers=2, boundary_prior=BoundaryRatePrior(0.3, weight=0.1))
+        >>> out = rnn(torch.randn(5, 6, 3))
+        >>> loss = out.output.pow(2).mean() + rnn.prior_loss(out)
+        >>> loss.backward()
+        >>> HMRNN(3, 4, num_layers=2).prior_loss(out)
+        tensor(0.)
+        """
+        if self.boundary_prior is None:
+            return out.output.new_zeros(())
+        return cast(Tensor, self.boundary_prior(out, self.boundaries, mask))
 
     def surrogate_loss(self, log_prob: Tensor, reward: Tensor) -> Tensor:
         """The boundary estimators' surrogate loss (0 when all are pathwise).

@@ -393,7 +393,9 @@ class HMRNN(nn.Module):
         """All steps, time-major: ``hidden (T, B, sum H)``, ``z``, ``logits``, ``log_prob``
         ``(T, B, L)`` and the last state (padded steps carry the state unchanged)."""
         first = self.layers[0]
-        projected = F.linear(steps_first, first.weight_bottom_up, first.bias)
+        # contiguous operands: the product over all steps runs at full speed
+        weight = first.weight_bottom_up.contiguous()
+        projected = F.linear(steps_first.contiguous(), weight, first.bias)
         config = self._fused_config(projected.device.type)
         if config is None:
             return self._run_per_step(projected, state, mask, generator)

@@ -564,7 +564,9 @@ class BoundaryRatePrior(nn.Module):
             raise ValueError(f"weight must be finite and >= 0, got {weight}")
         self.per_layer = not isinstance(target, (int, float))
         self.weight = float(weight)
-        self.register_buffer("targets", torch.tensor(values, dtype=torch.float64))
+        # configuration, not state: not in state_dict (a model that gains a prior still
+        # loads its earlier checkpoints)
+        self.register_buffer("targets", torch.tensor(values, dtype=torch.float64), persistent=False)
 
     def _layer_targets(self, num_layers: int) -> Tensor:
         if not self.per_layer:

@@ -611,4 +611,18 @@ def test_prior_loss_is_the_boundary_prior_and_reaches_the_boundary_weights() -> 
     loss.backward()
     boundary_rows = [cell.weight.grad[-1] for cell in rnn.layers]  # the logits' rows
     assert all(g is not None and g.abs().sum() > 0 for g in boundary_rows)
-    assert HMRNN(3, 4, num_layers=2).prior_loss(out).item() == 0.0
+    assert HMRNN(3, 4, num_layers=2, boundary_prior=None).prior_loss(out).item() == 0.0
+
+
+def test_default_prior_is_a_fresh_weak_rate_prior_outside_the_state_dict() -> None:
+    from stochrnn import BoundaryRatePrior
+
+    a, b = HMRNN(3, 4, num_layers=2), HMRNN(3, 4, num_layers=2)
+    assert (
+        isinstance(a.boundary_prior, BoundaryRatePrior) and a.boundary_prior is not b.boundary_prior
+    )
+    assert a.boundary_prior.weight == 0.1
+    torch.testing.assert_close(a.boundary_prior.targets, torch.tensor([0.3], dtype=torch.float64))
+    assert not any(key.startswith("boundary_prior") for key in a.state_dict())
+    out = a(torch.randn(2, 5, 3))
+    assert a.prior_loss(out) > 0

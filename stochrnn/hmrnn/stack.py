@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +26,12 @@ StepFunction = Callable[
     tuple[HMRNNState, Tensor, Tensor],
 ]
 
-__all__ = ["HMRNN"]
+__all__ = ["DEFAULT_PRIOR_RATE", "DEFAULT_PRIOR_WEIGHT", "HMRNN"]
+
+#: Target boundary rate of every layer in the default ``boundary_prior``.
+DEFAULT_PRIOR_RATE = 0.3
+#: Weight of the default ``boundary_prior``.
+DEFAULT_PRIOR_WEIGHT = 0.1
 
 
 class _GatedOutputEmbedding(nn.Module):
@@ -96,10 +101,13 @@ class HMRNN(nn.Module):
         default). ``False`` always takes the per-step path of plain autograd
         operations: the same numbers, slower.
     boundary_prior:
-        A prior on the boundary rates, e.g.
-        :class:`~stochrnn.hierarchy.BoundaryRatePrior`, called as
-        ``prior(out, rnn.boundaries, mask)``; :meth:`prior_loss` adds it to the
-        training loss. ``None``: :meth:`prior_loss` is 0.
+        A prior on the boundary rates, called as ``prior(out, rnn.boundaries,
+        mask)``; :meth:`prior_loss` returns it for the training loss. ``"default"``:
+        a fresh ``BoundaryRatePrior(0.3, weight=0.1)``
+        (:class:`~stochrnn.hierarchy.BoundaryRatePrior`), chosen on seven UCR/UEA
+        sets (the HM-RNN guide's measurements: within 2 points of an
+        ``nn.LSTM`` on 5 of 7 sets, against 3 of 7 without it, every layer
+        connected). ``None``: no prior (:meth:`prior_loss` is 0).
 
     Attributes
     ----------
@@ -163,7 +171,7 @@ class HMRNN(nn.Module):
         output_embedding_size: int | None = None,
         compile_step: bool = False,
         fused: bool = True,
-        boundary_prior: nn.Module | None = None,
+        boundary_prior: nn.Module | Literal["default"] | None = "default",
     ) -> None:
         super().__init__()
         self.input_size = _check_size("input_size", input_size)
@@ -194,6 +202,10 @@ class HMRNN(nn.Module):
         self.compile_step = compile_step
         self.fused = fused
         self.skip_copy_rows = True
+        if boundary_prior == "default":
+            from ..hierarchy import BoundaryRatePrior  # hierarchy imports this package
+
+            boundary_prior = BoundaryRatePrior(DEFAULT_PRIOR_RATE, weight=DEFAULT_PRIOR_WEIGHT)
         self.boundary_prior = boundary_prior
         self._compiled_advance: StepFunction | None = None
 
@@ -564,19 +576,19 @@ class HMRNN(nn.Module):
     # ------------------------------------------------------------------ losses
 
     def prior_loss(self, out: HMRNNOutput, mask: Tensor | None = None) -> Tensor:
-        """The boundary prior's loss for ``out`` (0 without a ``boundary_prior``).
+        """The boundary prior's loss for ``out`` (0 with ``boundary_prior=None``).
 
         ``mask`` as given to :meth:`forward`. Add it to the training loss beside
-        :meth:`surrogate_loss`.
+        :meth:`surrogate_loss`; both are what the library's defaults expect a
+        training loop to add.
 
         Examples
         --------
-        >>> from stochrnn import BoundaryRatePrior
-        >>> rnn = HMRNN(3, 4, num_layers=2, boundary_prior=BoundaryRatePrior(0.3, weight=0.1))
+        >>> rnn = HMRNN(3, 4, num_layers=2)  # the default prior: rate 0.3, weight 0.1
         >>> out = rnn(torch.randn(5, 6, 3))
         >>> loss = out.output.pow(2).mean() + rnn.prior_loss(out)
         >>> loss.backward()
-        >>> HMRNN(3, 4, num_layers=2).prior_loss(out)
+        >>> HMRNN(3, 4, num_layers=2, boundary_prior=None).prior_loss(out)
         tensor(0.)
         """
         if self.boundary_prior is None:

@@ -229,8 +229,9 @@ class HMAN(ActionModel):
         On the classifier's input :math:`[h^1; h^2; h^3]`.
     penalty:
         :math:`\lambda` of the doubly stochastic penalty (0: none).
-    prior:
-        A :class:`~stochrnn.BoundaryRatePrior` added to the loss, or ``None``.
+
+    The boundary-rate prior, if any, is the HM-RNN's own (``rnn.boundary_prior``);
+    :func:`loss_terms` adds ``rnn.prior_loss(out, mask)``.
     """
 
     def __init__(
@@ -240,7 +241,6 @@ class HMAN(ActionModel):
         num_classes: int,
         dropout: float = 0.0,
         penalty: float = 0.0,
-        prior: BoundaryRatePrior | None = None,
     ) -> None:
         super().__init__()
         if attention.query_size != rnn.hidden_sizes[0]:
@@ -253,7 +253,6 @@ class HMAN(ActionModel):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(rnn.output_size, num_classes)
         self.penalty = penalty
-        self.prior = prior
 
     def forward(self, features: Tensor, mask: Tensor) -> ModelOutput:
         batch, steps = features.shape[:2]
@@ -283,9 +282,9 @@ class HMAN(ActionModel):
         return [(self.attention, out.attention_log_prob), (self.rnn, out.boundary_log_prob)]
 
     def boundary_prior_loss(self, out: ModelOutput, mask: Tensor) -> Tensor | None:
-        if self.prior is None or out.rnn is None:
+        if self.rnn.boundary_prior is None or out.rnn is None:
             return None
-        return self.prior(out.rnn, self.rnn.boundaries, mask)
+        return self.rnn.prior_loss(out.rnn, mask)
 
 
 def _concatenate_steps(steps: Sequence[HMRNNOutput], state: HMRNNState) -> HMRNNOutput:
@@ -527,8 +526,9 @@ def _build(config: Config, num_classes: int, feature_shape: Sequence[int]) -> Ac
         model.num_layers,
         boundary=boundaries,
         layer_norm=model.layer_norm,
+        boundary_prior=prior,  # explicit: None when the config has none (not the default)
     )
-    return HMAN(attention, rnn, num_classes, model.dropout, penalty, prior)
+    return HMAN(attention, rnn, num_classes, model.dropout, penalty)
 
 
 def loss_terms(model: ActionModel, out: ModelOutput, labels: Tensor, mask: Tensor) -> LossTerms:

@@ -71,6 +71,8 @@ def test_only_reinforce_has_a_surrogate_and_only_soft_a_penalty(variant: str) ->
     assert (terms.surrogate != 0).item() == (variant == "reinforce_hard")
     assert (terms.penalty != 0).item() == (variant in ("lstm_soft", "soft") and model.penalty > 0)
     assert terms.boundary_prior.item() == 0.0  # no prior in these configs
+    if isinstance(model, HMAN):
+        assert model.rnn.boundary_prior is None  # not the library's default prior either
     total = terms.cross_entropy + terms.surrogate + terms.penalty + terms.boundary_prior
     assert torch.allclose(terms.total, total)
 
@@ -136,7 +138,7 @@ def test_hman_output_holds_the_clip_as_one_hmrnn_output() -> None:
 
 def test_prior_is_the_library_prior_on_the_clip_and_its_gradient_moves_the_rates() -> None:
     model = _model("gumbel_hard", **_learnt())
-    assert isinstance(model, HMAN) and isinstance(model.prior, BoundaryRatePrior)
+    assert isinstance(model, HMAN) and isinstance(model.rnn.boundary_prior, BoundaryRatePrior)
     features, mask, labels = _batch()
     torch.manual_seed(4)
     out = model(features, mask)
@@ -147,7 +149,7 @@ def test_prior_is_the_library_prior_on_the_clip_and_its_gradient_moves_the_rates
     assert torch.allclose(
         terms.total, terms.cross_entropy + terms.surrogate + terms.penalty + terms.boundary_prior
     )
-    rates = model.prior.rates(out.rnn, model.rnn.boundaries, mask).detach()
+    rates = model.rnn.boundary_prior.rates(out.rnn, model.rnn.boundaries, mask).detach()
     model.zero_grad()
     terms.boundary_prior.backward()
     bias = [cell.bias.grad[-1].item() for cell in model.rnn.layers]  # rows i, f, o, g, z
@@ -165,6 +167,7 @@ def test_always_control_fires_every_boundary_and_has_nothing_to_learn_about_them
     assert out.boundaries is not None
     assert out.boundaries[mask].eq(1).all() and out.boundaries[~mask].eq(0).all()
     assert out.boundary_log_prob.eq(0).all()
+    assert model.rnn.boundary_prior is None  # not the library's default prior
     assert loss_terms(model, out, labels, mask).boundary_prior.item() == 0.0
 
 

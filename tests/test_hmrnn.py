@@ -18,6 +18,7 @@ from stochrnn import (
     HMRNNOutput,
     HMRNNState,
     Reinforce,
+    Sample,
     StraightThrough,
 )
 from stochrnn.functional import binary_log_prob, straight_through
@@ -626,3 +627,22 @@ def test_default_prior_is_a_fresh_weak_rate_prior_outside_the_state_dict() -> No
     assert not any(key.startswith("boundary_prior") for key in a.state_dict())
     out = a(torch.randn(2, 5, 3))
     assert a.prior_loss(out) > 0
+
+
+class NoGeneratorThreshold(nn.Module):
+    """A user's boundary module honouring ``est(logits, context=None) -> Sample`` only:
+    no ``generator`` keyword, no stochrnn base class, no declared family."""
+
+    def forward(self, logits: Tensor, context: Tensor | None = None) -> Sample:
+        soft = torch.sigmoid(logits)
+        value = straight_through((logits > 0).to(logits.dtype), soft)
+        return Sample(value, binary_log_prob(logits, value.detach()))
+
+
+def test_a_module_without_a_generator_keyword_plugs_in() -> None:
+    torch.manual_seed(22)
+    rnn = HMRNN(3, 4, num_layers=2, boundary=NoGeneratorThreshold())
+    out = rnn(torch.randn(2, 5, 3), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out.boundaries, (out.boundary_logits > 0).float())
+    out.output.sum().backward()
+    assert rnn.cells[0].weight.grad is not None

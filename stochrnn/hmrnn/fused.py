@@ -475,7 +475,9 @@ def _native_kernels(inp: _Inputs, *more: Any) -> Any:
     return kernels if kernels.supported(tensors) else None
 
 
-def _native_forward(kernels: Any, inp: _Inputs, cfg: SequenceConfig) -> _Outputs:
+def _native_forward(kernels: Any, inp: _Inputs, cfg: SequenceConfig, save: bool = True) -> _Outputs:
+    """The native forward; ``save=False`` (nothing to differentiate) keeps one step's
+    activations instead of every step's."""
     L = cfg.num_layers
     empty = inp.projected.new_empty(0)
     opt = [
@@ -495,6 +497,7 @@ def _native_forward(kernels: Any, inp: _Inputs, cfg: SequenceConfig) -> _Outputs
         [float(rule.param()) for rule in cfg.rules],
         list(cfg.hidden_sizes),
         cfg.skip_copy,
+        save,
     )
     out = _Outputs()
     out.hidden, out.z, out.logits = result[:3]
@@ -546,7 +549,9 @@ def run_inference(inp: _Inputs, cfg: SequenceConfig) -> _Outputs:
     """The forward without autograd (nothing to differentiate), natively where possible."""
     kernels = _native_kernels(inp)
     with torch.no_grad():
-        return run_sequence(inp, cfg) if kernels is None else _native_forward(kernels, inp, cfg)
+        if kernels is None:
+            return run_sequence(inp, cfg)
+        return _native_forward(kernels, inp, cfg, save=False)
 
 
 class FusedSequence(torch.autograd.Function):

@@ -80,8 +80,10 @@ std::vector<at::Tensor> forward_impl(
     const std::vector<at::Tensor>& c0, const std::vector<at::Tensor>& z0,
     const std::vector<at::Tensor>& noise, const std::vector<at::Tensor>& dropout,
     const at::Tensor& mask, const std::vector<int64_t>& rules, const std::vector<double>& params,
-    const std::vector<int64_t>& sizes, bool skip_copy) {
+    const std::vector<int64_t>& sizes, bool skip_copy, bool save) {
   const Layout s = layout(projected, sizes);
+  // what the backward reads, for every step; without a backward, one step's worth
+  const int64_t kept = save ? s.T : 1;
   const auto opts = projected.options();
   at::Tensor hidden = at::empty({s.T, s.B, s.total}, opts);
   at::Tensor z = at::empty({s.T, s.B, s.L}, opts);
@@ -89,8 +91,8 @@ std::vector<at::Tensor> forward_impl(
   std::vector<at::Tensor> cells, acts, c_prev, u, tanh_buffer, logit_weights;
   for (int64_t l = 0; l < s.L; ++l) {
     cells.push_back(c0[l].clone());
-    acts.push_back(at::empty({s.T, s.B, 4 * s.H[l] + 1}, opts));
-    c_prev.push_back(at::empty({s.T, s.B, s.H[l]}, opts));
+    acts.push_back(at::empty({kept, s.B, 4 * s.H[l] + 1}, opts));
+    c_prev.push_back(at::empty({kept, s.B, s.H[l]}, opts));
     u.push_back(at::empty({s.B, s.K[l]}, opts));
     tanh_buffer.push_back(at::empty({s.B, 2 * s.H[l]}, opts));
     logit_weights.push_back(weights_t[l].select(1, 4 * s.H[l]).contiguous());
@@ -126,7 +128,7 @@ std::vector<at::Tensor> forward_impl(
           for (int64_t k = 0; k < Ha; ++k) ur[Hb + H + k] = zp * ha[k];
         }
       }
-      at::Tensor act = acts[l][t];
+      at::Tensor act = acts[l][save ? t : 0];
       const at::Tensor& base = l == 0 ? projected[t] : biases[l];
       T* a = act.data_ptr<T>();
       // Without autograd, rows compute only what their operation reads: COPY rows
@@ -148,7 +150,11 @@ std::vector<at::Tensor> forward_impl(
       if (!skip_copy || (!gather && !all_flush)) {
         at::addmm_out(act, base, u[l], weights_t[l]);
       } else {
-        act.zero_();
+        if (gather) {
+          act.zero_();  // COPY rows: finite gates, weighted by 0 in the blend
+        } else {
+          act.narrow(1, H, H).zero_();  // all FLUSH: f is weighted by 0, but must be finite
+        }
         const T* wz = logit_weights[l].data_ptr<T>();  // the boundary column, contiguous
         size_t next = 0;
         for (int64_t b = 0; b < s.B; ++b) {  // COPY rows
@@ -188,7 +194,7 @@ std::vector<at::Tensor> forward_impl(
       act.narrow(1, 0, 3 * H).sigmoid_();
       act.narrow(1, 3 * H, H).tanh_();
       T* cs = cells[l].data_ptr<T>();
-      T* cp = c_prev[l].data_ptr<T>() + t * s.B * H;
+      T* cp = c_prev[l].data_ptr<T>() + (save ? t : 0) * s.B * H;
       T* tb = tanh_buffer[l].data_ptr<T>();
       for (int64_t b = 0; b < s.B; ++b) {
         const T* ar = a + b * N;
@@ -479,14 +485,14 @@ std::vector<at::Tensor> forward(
     const std::vector<at::Tensor>& c0, const std::vector<at::Tensor>& z0,
     const std::vector<at::Tensor>& noise, const std::vector<at::Tensor>& dropout,
     const at::Tensor& mask, const std::vector<int64_t>& rules, const std::vector<double>& params,
-    const std::vector<int64_t>& sizes, bool skip_copy) {
+    const std::vector<int64_t>& sizes, bool skip_copy, bool save) {
   at::NoGradGuard no_grad;
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(projected.scalar_type(), "hmrnn_fused_forward", [&] {
     out = forward_impl<scalar_t>(
         projected.contiguous(), contiguous(weights_t), contiguous(biases), contiguous(h0),
         contiguous(c0), contiguous(z0), contiguous(noise), contiguous(dropout), contiguous(mask),
-        rules, params, sizes, skip_copy);
+        rules, params, sizes, skip_copy, save);
   });
   return out;
 }

@@ -646,3 +646,17 @@ def test_a_module_without_a_generator_keyword_plugs_in() -> None:
     torch.testing.assert_close(out.boundaries, (out.boundary_logits > 0).float())
     out.output.sum().backward()
     assert rnn.cells[0].weight.grad is not None
+
+
+def test_bad_priors_and_dtypes_are_clear_errors_at_the_start() -> None:
+    from stochrnn import BoundaryRatePrior
+
+    with pytest.raises(TypeError, match="boundary_prior must be a module"):
+        HMRNN(3, 4, num_layers=2, boundary_prior="none")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"3 targets \[0.3, 0.3, 0.3\], the model has 2 layers"):
+        HMRNN(3, 4, num_layers=2, boundary_prior=BoundaryRatePrior([0.3, 0.3, 0.3]))
+    rnn = HMRNN(3, 4, num_layers=2)
+    with pytest.raises(TypeError, match="x has dtype torch.float64 but the model's parameters"):
+        rnn(torch.randn(2, 5, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="one step: use rnn.step"):
+        rnn(torch.randn(2, 3))

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 import torch
@@ -40,7 +41,18 @@ from torch import Tensor
 from .. import functional as F
 from ..estimators import ConstantTemperature, GumbelSigmoid, Reinforce, StraightThrough
 
-__all__ = ["BoundaryRule", "boundary_rule"]
+__all__ = ["BoundaryRule", "RuleKind", "boundary_rule"]
+
+
+class RuleKind(IntEnum):
+    """The rules the native kernels know (``enum Rule`` in ``fused_cpu.cpp``)."""
+
+    GUMBEL_HARD = 0
+    GUMBEL_RELAXED = 1
+    STRAIGHT_THROUGH = 2
+    STRAIGHT_THROUGH_STOCHASTIC = 3
+    REINFORCE = 4
+    MODE = 5
 
 
 @dataclass(frozen=True)
@@ -60,8 +72,8 @@ class BoundaryRule:
     value: Callable[[Tensor, Tensor | None], Tensor]
     derivatives: Callable[[Tensor, Tensor | None, Tensor], tuple[Tensor, Tensor]]
     log_prob: Callable[[Tensor, Tensor], Tensor]
-    kind: int
-    param: Callable[[], float] = float
+    kind: RuleKind
+    param: Callable[[], float] = lambda: 0.0
 
 
 def _compute(a: Tensor) -> Tensor:
@@ -107,7 +119,12 @@ def _gumbel_rule(tau: Tensor, hard: bool) -> BoundaryRule:
         return (y * (1.0 - y) / tau).to(a.dtype), _bernoulli_score(a, v)
 
     return BoundaryRule(
-        _logistic, value, derivatives, _bernoulli_log_prob, 0 if hard else 1, lambda: float(tau)
+        _logistic,
+        value,
+        derivatives,
+        _bernoulli_log_prob,
+        RuleKind.GUMBEL_HARD if hard else RuleKind.GUMBEL_RELAXED,
+        lambda: float(tau),
     )
 
 
@@ -133,7 +150,7 @@ def _straight_through_rule(est: StraightThrough) -> BoundaryRule:
         return dp.to(a.dtype), dlog_p.to(a.dtype)
 
     draw = _uniform if est.stochastic else _no_noise
-    kind = 3 if est.stochastic else 2
+    kind = RuleKind.STRAIGHT_THROUGH_STOCHASTIC if est.stochastic else RuleKind.STRAIGHT_THROUGH
     return BoundaryRule(draw, value, derivatives, est.log_prob, kind, lambda: float(est.slope))
 
 
@@ -145,7 +162,7 @@ def _reinforce_rule() -> BoundaryRule:
     def derivatives(a: Tensor, noise: Tensor | None, v: Tensor) -> tuple[Tensor, Tensor]:
         return torch.zeros_like(a), _bernoulli_score(a, v)
 
-    return BoundaryRule(_logistic, value, derivatives, _bernoulli_log_prob, 4)
+    return BoundaryRule(_logistic, value, derivatives, _bernoulli_log_prob, RuleKind.REINFORCE)
 
 
 def _mode_rule(est: Any) -> BoundaryRule:
@@ -161,8 +178,7 @@ def _mode_rule(est: Any) -> BoundaryRule:
             score = torch.autograd.grad(log_p.sum(), leaf)[0] if log_p.requires_grad else None
         return torch.zeros_like(a), torch.zeros_like(a) if score is None else score
 
-    # the native kernels' deterministic straight-through rule with slope 1 is 1[a > 0]
-    return BoundaryRule(_no_noise, value, derivatives, est.log_prob, 2, lambda: 1.0)
+    return BoundaryRule(_no_noise, value, derivatives, est.log_prob, RuleKind.MODE)
 
 
 def boundary_rule(est: Any) -> BoundaryRule | None:

@@ -82,8 +82,9 @@ class HMRNNOutput(NamedTuple):
     hidden:
         One ``(B, T, H_l)`` per layer.
     boundaries:
-        ``(B, T, L)`` the boundary each layer emitted at each step, in {0, 1}
-        (0 at padded steps); it carries the estimator's gradient.
+        ``(B, T, L)`` the boundary each layer emitted at each step: in {0, 1}
+        with a hard estimator, relaxed values with a relaxed one (0 at padded
+        steps); it carries the estimator's gradient.
     log_prob:
         ``(B,)`` log-probability of all boundary decisions of the sequence
         (the sum of ``layer_log_prob`` over layers), for REINFORCE.
@@ -275,8 +276,10 @@ class HMLSTMCell(nn.Module):
         """Gates, UPDATE/COPY/FLUSH blend and boundary, from the summed pre-activation.
 
         ``s`` is :math:`s` of the class docstring, ``(B, 4H + 1)``, before the layer
-        norm. :class:`HMRNN` computes it for all layers with fused matrix products
-        and calls this, so the equations live in one place.
+        norm. :class:`HMRNN`'s per-step path computes it for all layers with one
+        matrix product per layer and calls this; the fused sequence
+        (:mod:`stochrnn.hmrnn.fused`) implements the same equations and is
+        tested against this.
         """
         if self.norm is not None:
             s = self.norm(s)

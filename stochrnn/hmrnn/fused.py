@@ -71,7 +71,8 @@ class SequenceConfig:
     hidden_sizes: tuple[int, ...]
     rules: tuple[BoundaryRule, ...]
     skip_copy: bool = False
-    """Under ``no_grad`` with hard boundaries: rows in COPY skip their gate work."""
+    """Nothing to differentiate: rows in COPY (both boundaries exactly 0) skip their
+    gate work (and, in the native kernels, all-FLUSH steps the forget gate)."""
 
     @property
     def num_layers(self) -> int:
@@ -224,7 +225,7 @@ def _pre_activation_skipping_copy(
     s = u.new_zeros(u.shape[0], transposed.shape[1])
     s[:, 4 * H] = torch.addmv(base[..., 4 * H], u, transposed[:, 4 * H])  # every row's logit
     if active.numel() > 0:
-        rows = torch.addmm(base if base.dim() == 1 else base[active], u[active], transposed)
+        rows = torch.addmm(base, u[active], transposed)  # layers 2..L: base is the bias
         s[active, : 4 * H] = rows[:, : 4 * H]
     return s
 
@@ -493,7 +494,7 @@ def _native_forward(kernels: Any, inp: _Inputs, cfg: SequenceConfig, save: bool 
         opt[1],
         opt[2],
         torch.empty(0, dtype=torch.bool) if inp.mask is None else inp.mask,
-        [rule.kind for rule in cfg.rules],
+        [int(rule.kind) for rule in cfg.rules],
         [float(rule.param()) for rule in cfg.rules],
         list(cfg.hidden_sizes),
         cfg.skip_copy,

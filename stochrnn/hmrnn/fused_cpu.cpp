@@ -16,6 +16,7 @@ enum Rule : int64_t {
   kStraightThrough = 2,
   kStraightThroughStochastic = 3,
   kReinforce = 4,
+  kMode = 5,
 };
 
 template <typename T>
@@ -27,6 +28,8 @@ inline T sigm(T x) {
 template <typename T>
 inline T boundary_value(int64_t rule, double param, T a, float n) {
   switch (rule) {
+    case kMode:
+      return a > T(0) ? T(1) : T(0);
     case kGumbelHard:
     case kReinforce:
       return (a + static_cast<T>(n)) > T(0) ? T(1) : T(0);

@@ -7,10 +7,12 @@ their backward) as one loop over the rows, leaving the matrix products to ATen.
 
 They are compiled by :func:`torch.utils.cpp_extension.load` the first time a
 fused HM-RNN runs on the CPU (about a minute, once per torch version and source;
-the library is cached under ``$STOCHRNN_CACHE`` or ``~/.cache/stochrnn``). On a
-machine without a C++ compiler the build fails once with a warning and the
-pure-PyTorch step (:mod:`stochrnn.hmrnn.fused`) runs instead: the same
-numbers, slower at small sizes. ``STOCHRNN_NATIVE=0`` turns the kernels off.
+the library is cached under ``$STOCHRNN_CACHE`` or ``~/.cache/stochrnn``). The
+build needs what PyTorch's C++ extensions need: a C++ compiler and the Python
+headers (and ``ninja``, a dependency of this package). Where it fails, each
+process warns once and runs the pure-PyTorch step (:mod:`stochrnn.hmrnn.fused`)
+instead: the same algorithm, agreeing to float rounding, slower at small sizes.
+``STOCHRNN_NATIVE=0`` turns the kernels off.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def _build(target: Path) -> ModuleType:
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix="build-") as directory:
-        cpp_extension.load(
+        module: ModuleType = cpp_extension.load(
             name=_NAME,
             sources=[str(_SOURCE)],
             build_directory=directory,
@@ -89,7 +91,7 @@ def _build(target: Path) -> ModuleType:
         staged = Path(directory) / target.name
         shutil.copyfile(built, staged)
         os.replace(staged, target)
-    return _import(target)
+    return module  # loaded; the next process imports the library in place
 
 
 def kernels() -> ModuleType | None:
@@ -107,7 +109,7 @@ def kernels() -> ModuleType | None:
         warnings.warn(
             "stochrnn: the native CPU kernels of the fused HM-RNN step could not be built "
             f"({type(error).__name__}: {reason}); "
-            "the pure-PyTorch step runs instead (the same results, slower at small sizes). "
+            "the pure-PyTorch step runs instead (the same algorithm, slower at small sizes). "
             "Set STOCHRNN_NATIVE=0 to skip the attempt.",
             RuntimeWarning,
             stacklevel=3,

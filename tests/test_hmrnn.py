@@ -656,7 +656,7 @@ def test_bad_priors_and_dtypes_are_clear_errors_at_the_start() -> None:
     with pytest.raises(ValueError, match=r"3 targets \[0.3, 0.3, 0.3\], the model has 2 layers"):
         HMRNN(3, 4, num_layers=2, boundary_prior=BoundaryRatePrior([0.3, 0.3, 0.3]))
     rnn = HMRNN(3, 4, num_layers=2)
-    with pytest.raises(TypeError, match="x has dtype torch.float64 but the model's parameters"):
+    with pytest.raises(TypeError, match=r"x has dtype torch\.float64 but the model.s parameters"):
         rnn(torch.randn(2, 5, 3, dtype=torch.float64))
-    with pytest.raises(ValueError, match="one step: use rnn.step"):
+    with pytest.raises(ValueError, match=r"one step: use rnn\.step"):
         rnn(torch.randn(2, 3))

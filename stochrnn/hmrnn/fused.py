@@ -289,6 +289,11 @@ class _LayerTerms:
         )
 
 
+def _split_layers(hidden: Tensor, sizes: Sequence[int]) -> list[Tensor]:
+    """``hidden`` ``(..., sum H)`` as one view per layer."""
+    return list(torch.split(hidden, list(sizes), dim=-1))
+
+
 def _below_input(inp: _Inputs, layer_h: Sequence[Tensor], l: int) -> Tensor:
     """``(T, B, H_{l-1})``: the bottom-up input of layer ``l`` at every step (after dropout)."""
     drop = inp.dropout[l]
@@ -319,27 +324,17 @@ def _backward(
     T, B = inp.projected.shape[:2]
     L = cfg.num_layers
     sizes = cfg.hidden_sizes
-    cols = [0]
-    for size in sizes:
-        cols.append(cols[-1] + size)
-    hidden, z = saved.hidden, saved.z
-    layer_h = [hidden[..., cols[l] : cols[l + 1]] for l in range(L)]
+    hidden = saved.hidden
+    layer_h = _split_layers(hidden, sizes)
     below_in = [None if l == 0 else _below_input(inp, layer_h, l) for l in range(L)]
-    # the gradient reaching each boundary logit from outside the recurrence
-    boundary_slope = torch.stack(
-        [
-            cfg.rules[l].derivatives(saved.logits[..., l], inp.noise[l], z[..., l])[0]
-            for l in range(L)
-        ],
-        dim=-1,
-    )
+    boundary_slope = _boundary_slope(inp, cfg, saved)
     outer_grad_z = None if grad_z is None else grad_z.unbind(0)
     outer_grad_a = None if grad_logits is None else grad_logits.unbind(0)
     slopes = boundary_slope.unbind(0)
     outer_grad_h = (
         [None] * L
         if grad_hidden is None
-        else [grad_hidden[..., cols[l] : cols[l + 1]].unbind(0) for l in range(L)]
+        else [g.unbind(0) for g in _split_layers(grad_hidden, sizes)]
     )
     real_steps = None if inp.mask is None else inp.mask.unsqueeze(-1).to(hidden.dtype).unbind(0)
     keep_steps = None if inp.mask is None else inp.mask.unsqueeze(-1).unbind(0)
@@ -441,12 +436,8 @@ def _parameter_grads(
     """Each weight's gradient as one product over all ``T·B`` rows, and the biases'."""
     T = inp.projected.shape[0]
     L = len(grad_s)
-    hidden, z = saved.hidden, saved.z
-    sizes = [g.shape[-1] // 4 for g in grad_s]
-    cols = [0]
-    for size in sizes:
-        cols.append(cols[-1] + size)
-    layer_h = [hidden[..., cols[l] : cols[l + 1]] for l in range(L)]
+    z = saved.z
+    layer_h = _split_layers(saved.hidden, [g.shape[-1] // 4 for g in grad_s])
     grad_weights: list[Tensor] = []
     grad_biases: list[Tensor | None] = []
     for l in range(L):

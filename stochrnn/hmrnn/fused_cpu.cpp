@@ -76,6 +76,52 @@ const T* ptr_or_null(const at::Tensor& t) {
   return present(t) ? t.data_ptr<T>() : nullptr;
 }
 
+// What both passes read of the sequence, row by row: a layer's h and z before a step (the
+// initial state before the first), the boundary below it at the step (1 for the first
+// layer), and the gated inputs u = [z_b x, h, z_p h_above] of its product.
+template <typename T>
+struct States {
+  const Layout& s;
+  const T* hidden;  // (T, B, sum H)
+  const T* z;       // (T, B, L)
+  const std::vector<at::Tensor>& h0;
+  const std::vector<at::Tensor>& z0;
+  const std::vector<at::Tensor>& dropout;
+
+  T prev_z(int64_t l, int64_t t, int64_t b) const {
+    return t > 0 ? z[((t - 1) * s.B + b) * s.L + l] : z0[l].data_ptr<T>()[b];
+  }
+  T below_z(int64_t l, int64_t t, int64_t b) const {
+    return l > 0 ? z[(t * s.B + b) * s.L + l - 1] : T(1);
+  }
+  const T* h(int64_t l, int64_t t, int64_t b) const {
+    return hidden + (t * s.B + b) * s.total + s.col[l];
+  }
+  const T* prev_h(int64_t l, int64_t t, int64_t b) const {
+    return t > 0 ? h(l, t - 1, b) : h0[l].data_ptr<T>() + b * s.H[l];
+  }
+  // the dropout mask of layer l's input from below at (t, b), or nullptr
+  const T* drop(int64_t l, int64_t t, int64_t b) const {
+    return present(dropout[l]) ? dropout[l].data_ptr<T>() + (t * s.B + b) * s.H[l - 1] : nullptr;
+  }
+  void inputs(int64_t l, int64_t t, int64_t b, T* u) const {
+    const int64_t H = s.H[l], Hb = l > 0 ? s.H[l - 1] : 0;
+    if (l > 0) {
+      const T zb = below_z(l, t, b);
+      const T* x = h(l - 1, t, b);
+      const T* d = drop(l, t, b);
+      for (int64_t k = 0; k < Hb; ++k) u[k] = zb * (d ? x[k] * d[k] : x[k]);
+    }
+    const T* hp = prev_h(l, t, b);
+    std::copy(hp, hp + H, u + Hb);
+    if (l + 1 < s.L) {
+      const T zp = prev_z(l, t, b);
+      const T* ha = prev_h(l + 1, t, b);
+      for (int64_t k = 0; k < s.H[l + 1]; ++k) u[Hb + H + k] = zp * ha[k];
+    }
+  }
+};
+
 template <typename T>
 std::vector<at::Tensor> forward_impl(
     const at::Tensor& projected, const std::vector<at::Tensor>& weights_t,
@@ -103,34 +149,13 @@ std::vector<at::Tensor> forward_impl(
   T* hid = hidden.data_ptr<T>();
   T* zo = z.data_ptr<T>();
   T* lo = logits.data_ptr<T>();
+  const States<T> st{s, hid, zo, h0, z0, dropout};
   const bool* m = present(mask) ? mask.data_ptr<bool>() : nullptr;
-  const int64_t row = s.total;
   for (int64_t t = 0; t < s.T; ++t) {
     for (int64_t l = 0; l < s.L; ++l) {
       const int64_t H = s.H[l], K = s.K[l], N = 4 * H + 1;
-      const int64_t Hb = l > 0 ? s.H[l - 1] : 0;
-      const bool has_above = l + 1 < s.L;
       T* ub = u[l].data_ptr<T>();
-      const T* drop = present(dropout[l]) ? dropout[l].data_ptr<T>() + t * s.B * Hb : nullptr;
-      // gated inputs u = [z_b x, h, z_p h_above]
-      for (int64_t b = 0; b < s.B; ++b) {
-        const T zp = t > 0 ? zo[((t - 1) * s.B + b) * s.L + l] : z0[l].data_ptr<T>()[b];
-        T* ur = ub + b * K;
-        if (l > 0) {
-          const T zb = zo[(t * s.B + b) * s.L + l - 1];
-          const T* x = hid + (t * s.B + b) * row + s.col[l - 1];
-          for (int64_t k = 0; k < Hb; ++k) ur[k] = zb * (drop ? x[k] * drop[b * Hb + k] : x[k]);
-        }
-        const T* hp = t > 0 ? hid + ((t - 1) * s.B + b) * row + s.col[l]
-                            : h0[l].data_ptr<T>() + b * H;
-        for (int64_t k = 0; k < H; ++k) ur[Hb + k] = hp[k];
-        if (has_above) {
-          const int64_t Ha = s.H[l + 1];
-          const T* ha = t > 0 ? hid + ((t - 1) * s.B + b) * row + s.col[l + 1]
-                              : h0[l + 1].data_ptr<T>() + b * Ha;
-          for (int64_t k = 0; k < Ha; ++k) ur[Hb + H + k] = zp * ha[k];
-        }
-      }
+      for (int64_t b = 0; b < s.B; ++b) st.inputs(l, t, b, ub + b * K);
       at::Tensor act = acts[l][save ? t : 0];
       const at::Tensor& base = l == 0 ? projected[t] : biases[l];
       T* a = act.data_ptr<T>();
@@ -142,9 +167,8 @@ std::vector<at::Tensor> forward_impl(
       bool all_flush = true;
       if (skip_copy) {
         for (int64_t b = 0; b < s.B; ++b) {
-          const T zp = t > 0 ? zo[((t - 1) * s.B + b) * s.L + l] : z0[l].data_ptr<T>()[b];
-          const T zb = l > 0 ? zo[(t * s.B + b) * s.L + l - 1] : T(1);
-          if (zp == T(0) && zb == T(0)) continue;
+          const T zp = st.prev_z(l, t, b);
+          if (zp == T(0) && st.below_z(l, t, b) == T(0)) continue;
           active.push_back(b);
           all_flush = all_flush && zp == T(1);
         }
@@ -213,17 +237,15 @@ std::vector<at::Tensor> forward_impl(
       const T* tc = tanh_c.data_ptr<T>();
       const float* nz = present(noise[l]) ? noise[l].data_ptr<float>() + t * s.B : nullptr;
       for (int64_t b = 0; b < s.B; ++b) {
-        const T zp = t > 0 ? zo[((t - 1) * s.B + b) * s.L + l] : z0[l].data_ptr<T>()[b];
-        const T zb = l > 0 ? zo[(t * s.B + b) * s.L + l - 1] : T(1);
+        const T zp = st.prev_z(l, t, b), zb = st.below_z(l, t, b);
         const bool real = m == nullptr || m[t * s.B + b];
         const T flush = zp, update = (T(1) - zp) * zb, copy = (T(1) - zp) * (T(1) - zb);
         const T* ar = a + b * N;
         T* cr = cs + b * H;
         const T* cfu = tb + b * 2 * H;
         const T* tfu = tc + b * 2 * H;
-        const T* hp = t > 0 ? hid + ((t - 1) * s.B + b) * row + s.col[l]
-                            : h0[l].data_ptr<T>() + b * H;
-        T* hn = hid + (t * s.B + b) * row + s.col[l];
+        const T* hp = st.prev_h(l, t, b);
+        T* hn = hid + (t * s.B + b) * s.total + s.col[l];
         if (real) {
           for (int64_t k = 0; k < H; ++k) {
             const T o = ar[2 * H + k];
@@ -276,8 +298,7 @@ std::vector<at::Tensor> backward_impl(
     tanh_buffer.push_back(at::empty({s.B, 2 * s.H[l]}, opts));
   }
   std::vector<T> g_zp(s.B), g_zb(s.B), g_v(s.B);
-  const T* hid = hidden.data_ptr<T>();
-  const T* zo = z.data_ptr<T>();
+  const States<T> st{s, hidden.data_ptr<T>(), z.data_ptr<T>(), h0, z0, dropout};
   // read through its strides: the gradient of a sum is often an expanded (stride 0) tensor
   const T* ogh = ptr_or_null<T>(grad_hidden);
   const int64_t gs0 = ogh ? grad_hidden.stride(0) : 0, gs1 = ogh ? grad_hidden.stride(1) : 0;
@@ -286,7 +307,6 @@ std::vector<at::Tensor> backward_impl(
   const T* oga = ptr_or_null<T>(grad_logits);
   const T* slope = boundary_slope.data_ptr<T>();
   const bool* m = present(mask) ? mask.data_ptr<bool>() : nullptr;
-  const int64_t row = s.total;
   for (int64_t t = s.T - 1; t >= 0; --t) {
     for (int64_t l = s.L - 1; l >= 0; --l) {
       const int64_t H = s.H[l], N = 4 * H + 1;
@@ -331,13 +351,11 @@ std::vector<at::Tensor> backward_impl(
           g_zb[b] = T(0);
           continue;
         }
-        const T zp = t > 0 ? zo[((t - 1) * s.B + b) * s.L + l] : z0[l].data_ptr<T>()[b];
-        const T zb = l > 0 ? zo[(t * s.B + b) * s.L + l - 1] : T(1);
+        const T zp = st.prev_z(l, t, b), zb = st.below_z(l, t, b);
         const T flush = zp, update = (T(1) - zp) * zb, copy = (T(1) - zp) * (T(1) - zb);
         const T* ar = act + b * N;
         const T* cr = cpv + b * H;
-        const T* hp = t > 0 ? hid + ((t - 1) * s.B + b) * row + s.col[l]
-                            : h0[l].data_ptr<T>() + b * H;
+        const T* hp = st.prev_h(l, t, b);
         T d_flush = 0, d_update = 0, d_copy = 0;
         const T* cfu = tb + b * 2 * H;
         const T* tfu = tc + b * 2 * H;
@@ -374,7 +392,6 @@ std::vector<at::Tensor> backward_impl(
       at::Tensor g_u = at::mm(grad_s[l][slot], weights[l]);  // (B, K)
       const T* gu = g_u.data_ptr<T>();
       const int64_t K = s.K[l];
-      const T* drop = present(dropout[l]) ? dropout[l].data_ptr<T>() + t * s.B * Hb : nullptr;
       for (int64_t b = 0; b < s.B; ++b) {
         const bool real = m == nullptr || m[t * s.B + b];
         const T* gur = gu + b * K;
@@ -388,7 +405,7 @@ std::vector<at::Tensor> backward_impl(
           gzl[b] = g_v[b];
           continue;
         }
-        const T zp = t > 0 ? zo[((t - 1) * s.B + b) * s.L + l] : z0[l].data_ptr<T>()[b];
+        const T zp = st.prev_z(l, t, b);
         T gzp = g_zp[b];
         for (int64_t k = 0; k < H; ++k) {
           ghr[k] = ghp[b * H + k] + gur[Hb + k];
@@ -396,8 +413,7 @@ std::vector<at::Tensor> backward_impl(
         }
         if (has_above) {
           const int64_t Ha = s.H[l + 1];
-          const T* ha = t > 0 ? hid + ((t - 1) * s.B + b) * row + s.col[l + 1]
-                              : h0[l + 1].data_ptr<T>() + b * Ha;
+          const T* ha = st.prev_h(l + 1, t, b);
           T* gha = gh[l + 1].data_ptr<T>() + b * Ha;
           const T* g_above = gur + Hb + H;
           for (int64_t k = 0; k < Ha; ++k) {
@@ -407,12 +423,13 @@ std::vector<at::Tensor> backward_impl(
         }
         gzl[b] = gzp;
         if (l > 0) {
-          const T zb = zo[(t * s.B + b) * s.L + l - 1];
-          const T* x = hid + (t * s.B + b) * row + s.col[l - 1];
+          const T zb = st.below_z(l, t, b);
+          const T* x = st.h(l - 1, t, b);
+          const T* drop = st.drop(l, t, b);
           T* ghb = gh[l - 1].data_ptr<T>() + b * Hb;
           T gzb = g_zb[b];
           for (int64_t k = 0; k < Hb; ++k) {
-            const T d = drop ? drop[b * Hb + k] : T(1);
+            const T d = drop ? drop[k] : T(1);
             gzb += gur[k] * x[k] * d;
             ghb[k] += zb * gur[k] * d;
           }
@@ -423,30 +440,10 @@ std::vector<at::Tensor> backward_impl(
     if (t % block == 0) {  // the block [t, t + n) is done: its weight gradients
       const int64_t n = std::min(block, s.T - t);
       for (int64_t l = 0; l < s.L; ++l) {
-        const int64_t H = s.H[l], K = s.K[l], N = 4 * H + 1;
-        const int64_t Hb = l > 0 ? s.H[l - 1] : 0;
+        const int64_t K = s.K[l], N = 4 * s.H[l] + 1;
         T* ub = inputs[l].data_ptr<T>();
-        for (int64_t tt = t; tt < t + n; ++tt) {
-          const T* drop = present(dropout[l]) ? dropout[l].data_ptr<T>() + tt * s.B * Hb : nullptr;
-          for (int64_t b = 0; b < s.B; ++b) {
-            T* ur = ub + ((tt - t) * s.B + b) * K;
-            const T zp = tt > 0 ? zo[((tt - 1) * s.B + b) * s.L + l] : z0[l].data_ptr<T>()[b];
-            if (l > 0) {
-              const T zb = zo[(tt * s.B + b) * s.L + l - 1];
-              const T* x = hid + (tt * s.B + b) * row + s.col[l - 1];
-              for (int64_t k = 0; k < Hb; ++k) ur[k] = zb * (drop ? x[k] * drop[b * Hb + k] : x[k]);
-            }
-            const T* hp = tt > 0 ? hid + ((tt - 1) * s.B + b) * row + s.col[l]
-                                 : h0[l].data_ptr<T>() + b * H;
-            std::copy(hp, hp + H, ur + Hb);
-            if (l + 1 < s.L) {
-              const int64_t Ha = s.H[l + 1];
-              const T* ha = tt > 0 ? hid + ((tt - 1) * s.B + b) * row + s.col[l + 1]
-                                   : h0[l + 1].data_ptr<T>() + b * Ha;
-              for (int64_t k = 0; k < Ha; ++k) ur[Hb + H + k] = zp * ha[k];
-            }
-          }
-        }
+        for (int64_t tt = t; tt < t + n; ++tt)
+          for (int64_t b = 0; b < s.B; ++b) st.inputs(l, tt, b, ub + ((tt - t) * s.B + b) * K);
         at::Tensor gs = grad_s[l].narrow(0, l == 0 ? t : 0, n).reshape({n * s.B, N});
         grad_w[l].addmm_(gs.t(), inputs[l].narrow(0, 0, n * s.B));
         grad_b[l].add_(gs.sum(0));

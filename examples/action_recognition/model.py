@@ -301,7 +301,75 @@ def _concatenate_steps(steps: Sequence[HMRNNOutput], state: HMRNNState) -> HMRNN
     )
 
 
-class StackedLSTMHMAN(ActionModel):
+class _AttendedLSTMStack(ActionModel):
+    """:class:`torch.nn.LSTMCell` layers whose first reads each frame's regions pooled
+    by an attention queried with one layer's :math:`h_{t-1}`.
+
+    Subclasses set :attr:`query_layer`, build ``dropout`` and ``classifier`` (after
+    any modules of their own, so that a seed gives each model the same weights as
+    before), and choose the initial state and what the classifier reads at a step.
+    Padded frames change no state.
+    """
+
+    query_layer: int
+    dropout: nn.Module
+    classifier: nn.Module
+    penalty: float
+
+    def __init__(
+        self,
+        attention: Attention,
+        feature_size: int,
+        hidden_size: int,
+        num_layers: int,
+        query_name: str,
+    ) -> None:
+        super().__init__()
+        if attention.query_size != hidden_size:
+            raise ValueError(
+                f"the attention's query is {query_name} of size {hidden_size}, "
+                f"but it was built with query_size={attention.query_size}"
+            )
+        self.attention = attention
+        self.cells = nn.ModuleList(
+            nn.LSTMCell(feature_size if l == 0 else hidden_size, hidden_size)
+            for l in range(num_layers)
+        )
+
+    def _initial_state(self, features: Tensor, mask: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        raise NotImplementedError  # pragma: no cover
+
+    def _step_output(self, h: list[Tensor], real: Tensor) -> Tensor:
+        """What the classifier reads at a step, from every layer's new ``h``."""
+        raise NotImplementedError  # pragma: no cover
+
+    def forward(self, features: Tensor, mask: Tensor) -> ModelOutput:
+        batch, steps = features.shape[:2]
+        h, c = self._initial_state(features, mask)
+        outputs, weights = [], []
+        attention_log_prob = features.new_zeros(batch)
+        for t in range(steps):
+            pooled = self.attention(features[:, t], h[self.query_layer])
+            real = mask[:, t : t + 1]
+            x = pooled.context
+            for l, cell in enumerate(self.cells):
+                h_new, c_new = cell(x, (h[l], c[l]))
+                h[l] = torch.where(real, h_new, h[l])
+                c[l] = torch.where(real, c_new, c[l])
+                x = h[l]
+            outputs.append(self._step_output(h, real))
+            weights.append(pooled.weights)
+            attention_log_prob = attention_log_prob + pooled.log_prob * mask[:, t]
+        logits = self.classifier(self.dropout(torch.stack(outputs, dim=1)))
+        return ModelOutput(
+            logits, torch.stack(weights, dim=1), None, attention_log_prob, features.new_zeros(batch)
+        )
+
+    def stochastic_parts(self, out: ModelOutput) -> list[tuple[StochasticPart, Tensor]]:
+        return [(self.attention, out.attention_log_prob)]
+
+
+class StackedLSTMHMAN(_AttendedLSTMStack):
     r"""The control "every layer UPDATEs": HM-AN's wiring with plain LSTM layers.
 
     An HM-LSTM layer whose own boundary at :math:`t-1` is 0 and whose layer
@@ -326,6 +394,8 @@ class StackedLSTMHMAN(ActionModel):
         :math:`\lambda` of the doubly stochastic penalty (0: none).
     """
 
+    query_layer = 0
+
     def __init__(
         self,
         attention: Attention,
@@ -336,50 +406,22 @@ class StackedLSTMHMAN(ActionModel):
         dropout: float = 0.0,
         penalty: float = 0.0,
     ) -> None:
-        super().__init__()
-        if attention.query_size != hidden_size:
-            raise ValueError(
-                f"the attention's query is h^1 of size {hidden_size}, "
-                f"but it was built with query_size={attention.query_size}"
-            )
-        self.attention = attention
-        self.cells = nn.ModuleList(
-            nn.LSTMCell(feature_size if l == 0 else hidden_size, hidden_size)
-            for l in range(num_layers)
-        )
+        super().__init__(attention, feature_size, hidden_size, num_layers, "h^1")
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(num_layers * hidden_size, num_classes)
         self.penalty = penalty
 
-    def forward(self, features: Tensor, mask: Tensor) -> ModelOutput:
-        batch, steps = features.shape[:2]
-        size = self.cells[0].hidden_size
+    def _initial_state(self, features: Tensor, mask: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        batch, size = features.shape[0], self.cells[0].hidden_size
         h = [features.new_zeros(batch, size) for _ in self.cells]
         c = [features.new_zeros(batch, size) for _ in self.cells]
-        outputs, weights = [], []
-        attention_log_prob = features.new_zeros(batch)
-        for t in range(steps):
-            pooled = self.attention(features[:, t], h[0])
-            real = mask[:, t : t + 1]
-            x = pooled.context
-            for l, cell in enumerate(self.cells):
-                h_new, c_new = cell(x, (h[l], c[l]))
-                h[l] = torch.where(real, h_new, h[l])
-                c[l] = torch.where(real, c_new, c[l])
-                x = h[l]
-            outputs.append(torch.where(real, torch.cat(h, dim=-1), 0.0))
-            weights.append(pooled.weights)
-            attention_log_prob = attention_log_prob + pooled.log_prob * mask[:, t]
-        logits = self.classifier(self.dropout(torch.stack(outputs, dim=1)))
-        return ModelOutput(
-            logits, torch.stack(weights, dim=1), None, attention_log_prob, features.new_zeros(batch)
-        )
+        return h, c
 
-    def stochastic_parts(self, out: ModelOutput) -> list[tuple[StochasticPart, Tensor]]:
-        return [(self.attention, out.attention_log_prob)]
+    def _step_output(self, h: list[Tensor], real: Tensor) -> Tensor:
+        return torch.where(real, torch.cat(h, dim=-1), 0.0)
 
 
-class SoftAttentionLSTM(ActionModel):
+class SoftAttentionLSTM(_AttendedLSTMStack):
     r"""The baseline of Sharma et al.: stacked LSTMs with soft attention.
 
     .. math::
@@ -406,6 +448,8 @@ class SoftAttentionLSTM(ActionModel):
         :math:`\lambda` of the doubly stochastic penalty (Sharma et al. use 1).
     """
 
+    query_layer = -1
+
     def __init__(
         self,
         attention: Attention,
@@ -416,17 +460,7 @@ class SoftAttentionLSTM(ActionModel):
         dropout: float = 0.0,
         penalty: float = 0.0,
     ) -> None:
-        super().__init__()
-        if attention.query_size != hidden_size:
-            raise ValueError(
-                f"the attention's query is the top layer of size {hidden_size}, "
-                f"but it was built with query_size={attention.query_size}"
-            )
-        self.attention = attention
-        self.cells = nn.ModuleList(
-            nn.LSTMCell(feature_size if l == 0 else hidden_size, hidden_size)
-            for l in range(num_layers)
-        )
+        super().__init__(attention, feature_size, hidden_size, num_layers, "the top layer")
         self.init_h = nn.Linear(feature_size, num_layers * hidden_size)
         self.init_c = nn.Linear(feature_size, num_layers * hidden_size)
         self.dropout = nn.Dropout(dropout)
@@ -442,30 +476,8 @@ class SoftAttentionLSTM(ActionModel):
         c = torch.tanh(self.init_c(mean)).chunk(layers, dim=-1)
         return list(h), list(c)
 
-    def forward(self, features: Tensor, mask: Tensor) -> ModelOutput:
-        batch, steps = features.shape[:2]
-        h, c = self._initial_state(features, mask)
-        tops, weights = [], []
-        attention_log_prob = features.new_zeros(batch)
-        for t in range(steps):
-            pooled = self.attention(features[:, t], h[-1])
-            real = mask[:, t : t + 1]
-            x = pooled.context
-            for l, cell in enumerate(self.cells):
-                h_new, c_new = cell(x, (h[l], c[l]))
-                h[l] = torch.where(real, h_new, h[l])
-                c[l] = torch.where(real, c_new, c[l])
-                x = h[l]
-            tops.append(h[-1])
-            weights.append(pooled.weights)
-            attention_log_prob = attention_log_prob + pooled.log_prob * mask[:, t]
-        logits = self.classifier(self.dropout(torch.stack(tops, dim=1)))
-        return ModelOutput(
-            logits, torch.stack(weights, dim=1), None, attention_log_prob, features.new_zeros(batch)
-        )
-
-    def stochastic_parts(self, out: ModelOutput) -> list[tuple[StochasticPart, Tensor]]:
-        return [(self.attention, out.attention_log_prob)]
+    def _step_output(self, h: list[Tensor], real: Tensor) -> Tensor:
+        return h[-1]
 
 
 def build_model(config: Config, num_classes: int, feature_shape: Sequence[int]) -> ActionModel:

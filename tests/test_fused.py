@@ -207,6 +207,57 @@ def test_inference_skipping_copy_rows_gives_the_same_result(use_native: bool) ->
     torch.testing.assert_close(skipped.output, full.output.detach(), atol=1e-6, rtol=1e-5)
 
 
+def _forced(rnn: HMRNN, logit: float | None) -> HMRNN:
+    """Every boundary logit set to ``logit`` whatever the input (None: left learnt)."""
+    if logit is not None:
+        with torch.no_grad():
+            for cell in rnn.layers:
+                cell.weight[-1].zero_()
+                cell.bias[-1] = logit
+    return rnn
+
+
+INFERENCE_CASES = {
+    # hard boundaries, learnt: steps mix UPDATE, COPY and FLUSH rows
+    "mixed": (lambda: GumbelSigmoid(0.3), None, True),
+    "all-flush": (lambda: GumbelSigmoid(0.3), 30.0, True),
+    "all-copy": (lambda: GumbelSigmoid(0.3), -30.0, True),
+    "half": (lambda: GumbelSigmoid(0.3), 0.0, True),
+    "soft": (lambda: GumbelSigmoid(0.5, hard=False), None, True),
+    "not-skipped": (lambda: GumbelSigmoid(0.3), 0.0, False),
+}
+
+
+@pytest.mark.parametrize("case", list(INFERENCE_CASES))
+def test_native_inference_equals_the_per_step_path(case: str) -> None:
+    """The native inference kernel reorders rows by operation and skips unread gate work;
+    in float64 it gives the per-step path's output, boundaries, logits and last state, with
+    padded steps (a mask) and a random initial state."""
+    boundary, logit, skip = INFERENCE_CASES[case]
+    torch.manual_seed(11)
+    rnn = HMRNN(3, 6, num_layers=3, boundary=[boundary() for _ in range(3)]).double()
+    _forced(rnn, logit)
+    rnn.skip_copy_rows = skip
+    x = torch.randn(7, 9, 3, dtype=torch.float64)
+    mask = torch.arange(9)[None, :] < torch.tensor([9, 9, 8, 5, 9, 3, 7])[:, None]
+    state = random_state(rnn.double(), 7)
+    state = HMRNNState(*(tuple(t.detach().double() for t in group) for group in state))
+    outs = []
+    with native_kernels(True), torch.no_grad():
+        for fused in (True, False):
+            rnn.fused = fused
+            outs.append(rnn(x, state, mask=mask, generator=torch.Generator().manual_seed(3)))
+    native_out, reference = outs
+    for name in ("output", "boundaries", "boundary_logits"):
+        torch.testing.assert_close(getattr(native_out, name), getattr(reference, name))
+    for a, b in zip(native_out.state, reference.state, strict=True):
+        for u, v in zip(a, b, strict=True):
+            torch.testing.assert_close(u, v)
+    if logit is None and skip:
+        z = reference.boundaries
+        assert 0 < float((z == 1).double().mean()) < 1 or case == "soft"
+
+
 @pytest.mark.parametrize("use_native", [True, False], ids=["native", "pytorch"])
 def test_an_expanded_output_gradient_is_read_through_its_strides(use_native: bool) -> None:
     """``output.sum()`` hands back an expanded (stride 0) gradient, read without a copy."""

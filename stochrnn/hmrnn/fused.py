@@ -52,11 +52,12 @@ the hand-derived path.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from . import native
 from .boundary import BoundaryRule
@@ -72,7 +73,12 @@ class SequenceConfig:
     rules: tuple[BoundaryRule, ...]
     skip_copy: bool = False
     """Nothing to differentiate: rows in COPY (both boundaries exactly 0) skip their
-    gate work (and, in the native kernels, all-FLUSH steps the forget gate)."""
+    gate work (and, in the native kernels, rows in FLUSH the forget gate's)."""
+    raw_input: bool = False
+    """Inference only: ``projected`` is the input itself ``(T, B, I)``, ``weights[0]`` the
+    first cell's whole weight and ``biases[0]`` its bias, so the native kernel joins layer
+    1's input product to each step's (and skips its forget-gate columns where FLUSH rows
+    do not read them)."""
 
     @property
     def num_layers(self) -> int:
@@ -467,17 +473,14 @@ def _native_kernels(inp: _Inputs, *more: Any) -> Any:
     return kernels if kernels.supported(tensors) else None
 
 
-def _native_forward(kernels: Any, inp: _Inputs, cfg: SequenceConfig, save: bool = True) -> _Outputs:
-    """The native forward; ``save=False`` (nothing to differentiate) keeps one step's
-    activations instead of every step's."""
-    L = cfg.num_layers
+def _native_arguments(inp: _Inputs, cfg: SequenceConfig, weights: list[Tensor]) -> list[Any]:
     empty = inp.projected.new_empty(0)
     opt = [
         [empty if t is None else t for t in group] for group in (inp.biases, inp.noise, inp.dropout)
     ]
-    result = kernels.forward(
+    return [
         inp.projected,
-        [w.t().contiguous() for w in inp.weights],
+        weights,
         opt[0],
         inp.h0,
         inp.c0,
@@ -488,14 +491,30 @@ def _native_forward(kernels: Any, inp: _Inputs, cfg: SequenceConfig, save: bool 
         [int(rule.kind) for rule in cfg.rules],
         [float(rule.param()) for rule in cfg.rules],
         list(cfg.hidden_sizes),
-        cfg.skip_copy,
-        save,
-    )
+    ]
+
+
+def _native_forward(kernels: Any, inp: _Inputs, cfg: SequenceConfig) -> _Outputs:
+    """The native forward, saving every step's activations for the backward."""
+    L = cfg.num_layers
+    weights_t = [w.t().contiguous() for w in inp.weights]
+    result = kernels.forward(*_native_arguments(inp, cfg, weights_t))
     out = _Outputs()
     out.hidden, out.z, out.logits = result[:3]
     out.cells = list(result[3 : 3 + L])
     out.activations = list(result[3 + L : 3 + 2 * L])
     out.c_prev = list(result[3 + 2 * L :])
+    return out
+
+
+def _native_inference(kernels: Any, inp: _Inputs, cfg: SequenceConfig) -> _Outputs:
+    """The native forward without autograd: each row's gate work only where its operation
+    reads it (``cfg.skip_copy``), and only the state is kept."""
+    args = _native_arguments(inp, cfg, list(inp.weights))
+    result = kernels.infer(args[0], cfg.raw_input, *args[1:], cfg.skip_copy)
+    out = _Outputs()
+    out.hidden, out.z, out.logits = result[:3]
+    out.cells = list(result[3:])
     return out
 
 
@@ -541,9 +560,15 @@ def run_inference(inp: _Inputs, cfg: SequenceConfig) -> _Outputs:
     """The forward without autograd (nothing to differentiate), natively where possible."""
     kernels = _native_kernels(inp)
     with torch.no_grad():
-        if kernels is None:
-            return run_sequence(inp, cfg)
-        return _native_forward(kernels, inp, cfg, save=False)
+        if kernels is not None:
+            return _native_inference(kernels, inp, cfg)
+        if cfg.raw_input:  # layer 1's input product over all steps at once
+            width = inp.projected.shape[-1]
+            first, bias = inp.weights[0], inp.biases[0]
+            projected = F.linear(inp.projected, first[:, :width].contiguous(), bias)
+            weights = [first[:, width:], *inp.weights[1:]]
+            inp = replace(inp, projected=projected, weights=weights, biases=[None, *inp.biases[1:]])
+        return run_sequence(inp, cfg)
 
 
 class FusedSequence(torch.autograd.Function):

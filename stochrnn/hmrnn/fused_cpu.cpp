@@ -129,22 +129,19 @@ std::vector<at::Tensor> forward_impl(
     const std::vector<at::Tensor>& c0, const std::vector<at::Tensor>& z0,
     const std::vector<at::Tensor>& noise, const std::vector<at::Tensor>& dropout,
     const at::Tensor& mask, const std::vector<int64_t>& rules, const std::vector<double>& params,
-    const std::vector<int64_t>& sizes, bool skip_copy, bool save) {
+    const std::vector<int64_t>& sizes) {
   const Layout s = layout(projected, sizes);
-  // what the backward reads, for every step; without a backward, one step's worth
-  const int64_t kept = save ? s.T : 1;
   const auto opts = projected.options();
   at::Tensor hidden = at::empty({s.T, s.B, s.total}, opts);
   at::Tensor z = at::empty({s.T, s.B, s.L}, opts);
   at::Tensor logits = at::empty({s.T, s.B, s.L}, opts);
-  std::vector<at::Tensor> cells, acts, c_prev, u, tanh_buffer, logit_weights;
+  std::vector<at::Tensor> cells, acts, c_prev, u, tanh_buffer;
   for (int64_t l = 0; l < s.L; ++l) {
     cells.push_back(c0[l].clone());
-    acts.push_back(at::empty({kept, s.B, 4 * s.H[l] + 1}, opts));
-    c_prev.push_back(at::empty({kept, s.B, s.H[l]}, opts));
+    acts.push_back(at::empty({s.T, s.B, 4 * s.H[l] + 1}, opts));  // what the backward reads
+    c_prev.push_back(at::empty({s.T, s.B, s.H[l]}, opts));
     u.push_back(at::empty({s.B, s.K[l]}, opts));
     tanh_buffer.push_back(at::empty({s.B, 2 * s.H[l]}, opts));
-    logit_weights.push_back(weights_t[l].select(1, 4 * s.H[l]).contiguous());
   }
   T* hid = hidden.data_ptr<T>();
   T* zo = z.data_ptr<T>();
@@ -156,72 +153,15 @@ std::vector<at::Tensor> forward_impl(
       const int64_t H = s.H[l], K = s.K[l], N = 4 * H + 1;
       T* ub = u[l].data_ptr<T>();
       for (int64_t b = 0; b < s.B; ++b) st.inputs(l, t, b, ub + b * K);
-      at::Tensor act = acts[l][save ? t : 0];
+      at::Tensor act = acts[l][t];
       const at::Tensor& base = l == 0 ? projected[t] : biases[l];
       T* a = act.data_ptr<T>();
-      // Without autograd, rows compute only what their operation reads: COPY rows
-      // (z_p = 0, z_b = 0) only their logit, a dot product; the others one matrix
-      // product together (one pass over the weights: the product's cost at this batch
-      // size), without the forget gate's columns when all of them FLUSH (c = i g).
-      std::vector<int64_t> active;
-      bool all_flush = true;
-      if (skip_copy) {
-        for (int64_t b = 0; b < s.B; ++b) {
-          const T zp = st.prev_z(l, t, b);
-          if (zp == T(0) && st.below_z(l, t, b) == T(0)) continue;
-          active.push_back(b);
-          all_flush = all_flush && zp == T(1);
-        }
-      }
-      const bool gather = skip_copy && static_cast<int64_t>(active.size()) < s.B;
-      if (!skip_copy || (!gather && !all_flush)) {
-        at::addmm_out(act, base, u[l], weights_t[l]);
-      } else {
-        if (gather) {
-          act.zero_();  // COPY rows: finite gates, weighted by 0 in the blend
-        } else {
-          act.narrow(1, H, H).zero_();  // all FLUSH: f is weighted by 0, but must be finite
-        }
-        const T* wz = logit_weights[l].data_ptr<T>();  // the boundary column, contiguous
-        size_t next = 0;
-        for (int64_t b = 0; b < s.B; ++b) {  // COPY rows
-          if (next < active.size() && active[next] == b) {
-            ++next;
-            continue;
-          }
-          T acc = l == 0 ? base.data_ptr<T>()[b * N + 4 * H] : base.data_ptr<T>()[4 * H];
-          for (int64_t k = 0; k < K; ++k) acc += ub[b * K + k] * wz[k];
-          a[b * N + 4 * H] = acc;
-        }
-        if (!active.empty()) {
-          at::Tensor index = torch::tensor(active, torch::kLong);
-          const at::Tensor x = gather ? u[l].index_select(0, index) : u[l];
-          const at::Tensor bias = gather && l == 0 ? base.index_select(0, index) : base;
-          const int64_t R = static_cast<int64_t>(active.size());
-          if (all_flush) {
-            const at::Tensor gate_i =
-                at::addmm(bias.narrow(-1, 0, H), x, weights_t[l].narrow(1, 0, H));
-            const at::Tensor rest = at::addmm(bias.narrow(-1, 2 * H, 2 * H + 1), x,
-                                              weights_t[l].narrow(1, 2 * H, 2 * H + 1));
-            const T* pi = gate_i.data_ptr<T>();
-            const T* pr = rest.data_ptr<T>();
-            for (int64_t r = 0; r < R; ++r) {
-              std::copy(pi + r * H, pi + (r + 1) * H, a + active[r] * N);
-              std::copy(pr + r * (2 * H + 1), pr + (r + 1) * (2 * H + 1), a + active[r] * N + 2 * H);
-            }
-          } else {
-            const at::Tensor part = at::addmm(bias, x, weights_t[l]);
-            const T* pp = part.data_ptr<T>();
-            for (int64_t r = 0; r < R; ++r)
-              std::copy(pp + r * N, pp + (r + 1) * N, a + active[r] * N);
-          }
-        }
-      }
+      at::addmm_out(act, base, u[l], weights_t[l]);
       // the nonlinearities, vectorised by ATen; then c_F = i g, c_U = c_F + f c and their tanh
       act.narrow(1, 0, 3 * H).sigmoid_();
       act.narrow(1, 3 * H, H).tanh_();
       T* cs = cells[l].data_ptr<T>();
-      T* cp = c_prev[l].data_ptr<T>() + (save ? t : 0) * s.B * H;
+      T* cp = c_prev[l].data_ptr<T>() + t * s.B * H;
       T* tb = tanh_buffer[l].data_ptr<T>();
       for (int64_t b = 0; b < s.B; ++b) {
         const T* ar = a + b * N;
@@ -266,6 +206,214 @@ std::vector<at::Tensor> forward_impl(
   out.insert(out.end(), cells.begin(), cells.end());
   out.insert(out.end(), acts.begin(), acts.end());
   out.insert(out.end(), c_prev.begin(), c_prev.end());
+  return out;
+}
+
+// w (N, K) as a contiguous (K, N) matrix, tile by tile (several times faster than a
+// strided copy at these sizes).
+template <typename T>
+at::Tensor transposed(const at::Tensor& w) {
+  const int64_t N = w.size(0), K = w.size(1), tile = 32;
+  at::Tensor out = at::empty({K, N}, w.options());
+  const T* src = w.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  for (int64_t n0 = 0; n0 < N; n0 += tile) {
+    for (int64_t k0 = 0; k0 < K; k0 += tile) {
+      const int64_t n1 = std::min(N, n0 + tile), k1 = std::min(K, k0 + tile);
+      for (int64_t n = n0; n < n1; ++n)
+        for (int64_t k = k0; k < k1; ++k) dst[k * N + n] = src[n * K + k];
+    }
+  }
+  return out;
+}
+
+// Inference (nothing to differentiate): each row computes only what its operation reads.
+// COPY rows (z_p = 0, z_b = 0; u = [0, h, 0]) only their boundary logit, a dot product
+// with the recurrent part of the boundary's weights; FLUSH rows (z_p = 1; c = i g) every
+// gate but the forget gate; the others (UPDATE, soft boundaries) everything. The rows of
+// a step are reordered [full..., FLUSH...] into a compact buffer, so each part is one
+// matrix product over the rows that need it: (i), (o, g, logit) over both groups, (f)
+// over the full rows. Without skip_copy every row is full. Only the state is kept.
+// `input` is either layer 1's projected input (T, B, N), or (raw) the input itself
+// (T, B, I) with weights[0] (N, I + K) and biases[0]: its product then joins the step's,
+// so FLUSH rows skip its forget-gate columns too.
+template <typename T>
+std::vector<at::Tensor> infer_impl(
+    const at::Tensor& projected, bool raw, const std::vector<at::Tensor>& weights,
+    const std::vector<at::Tensor>& biases, const std::vector<at::Tensor>& h0,
+    const std::vector<at::Tensor>& c0, const std::vector<at::Tensor>& z0,
+    const std::vector<at::Tensor>& noise, const std::vector<at::Tensor>& dropout,
+    const at::Tensor& mask, const std::vector<int64_t>& rules, const std::vector<double>& params,
+    const std::vector<int64_t>& sizes, bool skip_copy) {
+  const Layout s = layout(projected, sizes);
+  const auto opts = projected.options();
+  at::Tensor hidden = at::empty({s.T, s.B, s.total}, opts);
+  at::Tensor z = at::empty({s.T, s.B, s.L}, opts);
+  at::Tensor logits = at::empty({s.T, s.B, s.L}, opts);
+  const int64_t width_in = raw ? projected.size(2) : 0;  // layer 1's raw input, if any
+  std::vector<at::Tensor> cells, pre, u, cell_new, tanh_new, weights_t, recurrent_logit;
+  for (int64_t l = 0; l < s.L; ++l) {
+    const int64_t H = s.H[l], Hb = l > 0 ? s.H[l - 1] : 0;
+    cells.push_back(c0[l].clone());
+    pre.push_back(at::empty({s.B, 4 * H + 1}, opts));
+    u.push_back(at::empty({s.B, s.K[l] + (l == 0 ? width_in : 0)}, opts));
+    cell_new.push_back(at::empty({s.B, H}, opts));
+    tanh_new.push_back(at::empty({s.B, H}, opts));
+    // (K, N), contiguous: the products' fast layout at a few rows (faster than reading
+    // the (N, K) weight transposed, by more than this copy costs)
+    weights_t.push_back(transposed<T>(weights[l]));
+    recurrent_logit.push_back(l > 0 ? weights[l].select(0, 4 * H).narrow(0, Hb, H).contiguous()
+                                    : at::Tensor());
+  }
+  T* hid = hidden.data_ptr<T>();
+  T* zo = z.data_ptr<T>();
+  T* lo = logits.data_ptr<T>();
+  const States<T> st{s, hid, zo, h0, z0, dropout};
+  const bool* m = present(mask) ? mask.data_ptr<bool>() : nullptr;
+  std::vector<int64_t> order(s.B);  // compact row r -> batch row
+  std::vector<int64_t> copy_rows;
+  copy_rows.reserve(s.B);
+  for (int64_t t = 0; t < s.T; ++t) {
+    for (int64_t l = 0; l < s.L; ++l) {
+      const int64_t H = s.H[l], N = 4 * H + 1;
+      const int64_t in = l == 0 ? width_in : 0, K = s.K[l] + in;
+      // the rows by operation: full first, then FLUSH; COPY apart
+      int64_t n_full = 0, n_flush = 0;
+      copy_rows.clear();
+      for (int64_t b = 0; b < s.B; ++b) {
+        const T zp = st.prev_z(l, t, b), zb = st.below_z(l, t, b);
+        if (skip_copy && zp == T(0) && zb == T(0)) {
+          copy_rows.push_back(b);
+        } else if (!(skip_copy && zp == T(1))) {
+          order[n_full++] = b;
+        }
+      }
+      for (int64_t b = 0; b < s.B; ++b) {
+        if (skip_copy && st.prev_z(l, t, b) == T(1)) order[n_full + n_flush++] = b;
+      }
+      const int64_t n_active = n_full + n_flush;
+      T* ub = u[l].data_ptr<T>();
+      const T* x_t = raw && l == 0 ? projected.data_ptr<T>() + t * s.B * in : nullptr;
+      for (int64_t r = 0; r < n_active; ++r) {
+        if (x_t) std::copy(x_t + order[r] * in, x_t + (order[r] + 1) * in, ub + r * K);
+        st.inputs(l, t, order[r], ub + r * K + in);
+      }
+      const at::Tensor x = u[l].narrow(0, 0, n_active);
+      at::Tensor& p = pre[l];
+      // out= views of the compact buffer: the products write into it in place
+      auto product = [](at::Tensor out, const at::Tensor& a, const at::Tensor& w) {
+        at::mm_out(out, a, w);
+      };
+      if (n_active > 0) {
+        if (n_flush == 0) {
+          product(p.narrow(0, 0, n_active), x, weights_t[l]);
+        } else {
+          product(p.narrow(0, 0, n_active).narrow(1, 0, H), x, weights_t[l].narrow(1, 0, H));
+          product(p.narrow(0, 0, n_active).narrow(1, 2 * H, 2 * H + 1), x,
+                  weights_t[l].narrow(1, 2 * H, 2 * H + 1));
+          if (n_full > 0) {
+            product(p.narrow(0, 0, n_full).narrow(1, H, H), u[l].narrow(0, 0, n_full),
+                    weights_t[l].narrow(1, H, H));
+          }
+        }
+      }
+      // the base (layer 1's projected input, or the bias), then the nonlinearities
+      // (vectorised by ATen) on the columns each group computed
+      T* pp = p.data_ptr<T>();
+      const bool projected_base = l == 0 && !raw;
+      const T* base = (projected_base ? projected[t] : biases[l]).data_ptr<T>();
+      const int64_t base_stride = projected_base ? N : 0;
+      for (int64_t r = 0; r < n_active; ++r) {
+        const T* br = base + order[r] * base_stride;
+        T* pr = pp + r * N;
+        if (r < n_full) {
+          for (int64_t k = 0; k < N; ++k) pr[k] += br[k];
+        } else {
+          for (int64_t k = 0; k < H; ++k) pr[k] += br[k];
+          for (int64_t k = 2 * H; k < N; ++k) pr[k] += br[k];
+        }
+      }
+      if (n_active > 0) {
+        at::Tensor rows = p.narrow(0, 0, n_active);
+        if (n_flush == 0) {
+          rows.narrow(1, 0, 3 * H).sigmoid_();
+        } else {
+          rows.narrow(1, 0, H).sigmoid_();
+          rows.narrow(1, 2 * H, H).sigmoid_();
+          if (n_full > 0) p.narrow(0, 0, n_full).narrow(1, H, H).sigmoid_();
+        }
+        rows.narrow(1, 3 * H, H).tanh_();
+      }
+      // the new cell: c_F = i g (FLUSH), c_U = c_F + f c (UPDATE), a blend of them and c
+      // for soft boundaries; its tanh, then h = o tanh(c)
+      T* cs = cells[l].data_ptr<T>();
+      T* cn = cell_new[l].data_ptr<T>();
+      T* tn = tanh_new[l].data_ptr<T>();
+      for (int64_t r = 0; r < n_active; ++r) {
+        const int64_t b = order[r];
+        const T zp = st.prev_z(l, t, b), zb = st.below_z(l, t, b);
+        const T* pr = pp + r * N;
+        const T* cr = cs + b * H;
+        T* cnr = cn + r * H;
+        if (zp == T(1)) {
+          for (int64_t k = 0; k < H; ++k) cnr[k] = pr[k] * pr[3 * H + k];
+        } else {
+          for (int64_t k = 0; k < H; ++k) cnr[k] = pr[k] * pr[3 * H + k] + pr[H + k] * cr[k];
+        }
+      }
+      if (n_active > 0) {
+        at::Tensor tanh_rows = tanh_new[l].narrow(0, 0, n_active);
+        at::tanh_out(tanh_rows, cell_new[l].narrow(0, 0, n_active));
+      }
+      const float* nz = present(noise[l]) ? noise[l].data_ptr<float>() + t * s.B : nullptr;
+      auto finish = [&](int64_t b, T logit) {
+        const T zp = st.prev_z(l, t, b);
+        const bool real = m == nullptr || m[t * s.B + b];
+        const T v = boundary_value<T>(rules[l], params[l], logit, nz ? nz[b] : 0.0f);
+        zo[(t * s.B + b) * s.L + l] = real ? v : zp;
+        lo[(t * s.B + b) * s.L + l] = logit;
+        return real;
+      };
+      for (int64_t r = 0; r < n_active; ++r) {
+        const int64_t b = order[r];
+        const T* pr = pp + r * N;
+        const T* hp = st.prev_h(l, t, b);
+        T* hn = hid + (t * s.B + b) * s.total + s.col[l];
+        T* cr = cs + b * H;
+        const T* cnr = cn + r * H;
+        const T* tnr = tn + r * H;
+        const T zp = st.prev_z(l, t, b), zb = st.below_z(l, t, b);
+        if (!finish(b, pr[4 * H])) {
+          std::copy(hp, hp + H, hn);
+        } else if (zp == T(1) || (zp == T(0) && zb == T(1))) {  // FLUSH: c_F; UPDATE: c_U
+          for (int64_t k = 0; k < H; ++k) {
+            cr[k] = cnr[k];
+            hn[k] = pr[2 * H + k] * tnr[k];
+          }
+        } else {  // soft boundaries: flush·F + update·U + copy·C
+          const T flush = zp, update = (T(1) - zp) * zb, copy = (T(1) - zp) * (T(1) - zb);
+          for (int64_t k = 0; k < H; ++k) {
+            const T cf = pr[k] * pr[3 * H + k];
+            const T c = cr[k];
+            cr[k] = flush * cf + update * cnr[k] + copy * c;
+            hn[k] = pr[2 * H + k] * (flush * std::tanh(cf) + update * tnr[k]) + copy * hp[k];
+          }
+        }
+      }
+      // COPY rows (layers above the first only): u = [0, h, 0], the logit a dot product
+      const T* wz = copy_rows.empty() ? nullptr : recurrent_logit[l].data_ptr<T>();
+      const T bz = copy_rows.empty() ? T(0) : biases[l].data_ptr<T>()[4 * H];
+      for (const int64_t b : copy_rows) {
+        const T* hp = st.prev_h(l, t, b);
+        T acc = bz;
+        for (int64_t k = 0; k < H; ++k) acc += hp[k] * wz[k];
+        finish(b, acc);
+        std::copy(hp, hp + H, hid + (t * s.B + b) * s.total + s.col[l]);
+      }
+    }
+  }
+  std::vector<at::Tensor> out{hidden, z, logits};
+  out.insert(out.end(), cells.begin(), cells.end());
   return out;
 }
 
@@ -485,14 +633,32 @@ std::vector<at::Tensor> forward(
     const std::vector<at::Tensor>& c0, const std::vector<at::Tensor>& z0,
     const std::vector<at::Tensor>& noise, const std::vector<at::Tensor>& dropout,
     const at::Tensor& mask, const std::vector<int64_t>& rules, const std::vector<double>& params,
-    const std::vector<int64_t>& sizes, bool skip_copy, bool save) {
+    const std::vector<int64_t>& sizes) {
   at::NoGradGuard no_grad;
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(projected.scalar_type(), "hmrnn_fused_forward", [&] {
     out = forward_impl<scalar_t>(
         projected.contiguous(), contiguous(weights_t), contiguous(biases), contiguous(h0),
         contiguous(c0), contiguous(z0), contiguous(noise), contiguous(dropout), contiguous(mask),
-        rules, params, sizes, skip_copy, save);
+        rules, params, sizes);
+  });
+  return out;
+}
+
+std::vector<at::Tensor> infer(
+    const at::Tensor& projected, bool raw, const std::vector<at::Tensor>& weights,
+    const std::vector<at::Tensor>& biases, const std::vector<at::Tensor>& h0,
+    const std::vector<at::Tensor>& c0, const std::vector<at::Tensor>& z0,
+    const std::vector<at::Tensor>& noise, const std::vector<at::Tensor>& dropout,
+    const at::Tensor& mask, const std::vector<int64_t>& rules, const std::vector<double>& params,
+    const std::vector<int64_t>& sizes, bool skip_copy) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(projected.scalar_type(), "hmrnn_fused_infer", [&] {
+    out = infer_impl<scalar_t>(
+        projected.contiguous(), raw, contiguous(weights), contiguous(biases), contiguous(h0),
+        contiguous(c0), contiguous(z0), contiguous(noise), contiguous(dropout), contiguous(mask),
+        rules, params, sizes, skip_copy);
   });
   return out;
 }
@@ -519,6 +685,7 @@ std::vector<at::Tensor> backward(
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("supported", &supported, "whether the kernels can read these tensors");
-  m.def("forward", &forward, "the fused HM-LSTM sequence, forward");
+  m.def("forward", &forward, "the fused HM-LSTM sequence, forward (saving what the backward reads)");
+  m.def("infer", &infer, "the fused HM-LSTM sequence without autograd (rows skip unread work)");
   m.def("backward", &backward, "the fused HM-LSTM sequence, hand-derived backward");
 }

@@ -441,14 +441,17 @@ class HMRNN(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, HMRNNState]:
         """All steps, time-major: ``hidden (T, B, sum H)``, ``z``, ``logits``, ``log_prob``
         ``(T, B, L)`` and the last state (padded steps carry the state unchanged)."""
+        config = self._fused_config(steps_first.device.type)
+        if config is None:
+            return self._run_per_step(self._project(steps_first), state, mask, generator)
+        return self._run_fused(config, steps_first, state, mask, generator)
+
+    def _project(self, steps_first: Tensor) -> Tensor:
+        """Layer 1's input product over all steps at once, ``W_bu x_t + b``."""
         first = self.layers[0]
         # contiguous operands: the product over all steps runs at full speed
         weight = first.weight_bottom_up.contiguous()
-        projected = F.linear(steps_first.contiguous(), weight, first.bias)
-        config = self._fused_config(projected.device.type)
-        if config is None:
-            return self._run_per_step(projected, state, mask, generator)
-        return self._run_fused(config, projected, state, mask, generator)
+        return F.linear(steps_first.contiguous(), weight, first.bias)
 
     def _run_per_step(
         self,
@@ -475,12 +478,12 @@ class HMRNN(nn.Module):
     def _run_fused(
         self,
         config: SequenceConfig,
-        projected: Tensor,
+        steps_first: Tensor,
         state: HMRNNState,
         mask: Tensor | None,
         generator: torch.Generator | None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, HMRNNState]:
-        num_steps, batch = projected.shape[:2]
+        num_steps, batch = steps_first.shape[:2]
         L = self.num_layers
         noise: list[list[Tensor]] = [[] for _ in range(L)]
         dropout: list[list[Tensor]] = [[] for _ in range(L)]
@@ -489,15 +492,16 @@ class HMRNN(nn.Module):
         for _ in range(num_steps):  # the draws of the per-step path, in its order
             for l, rule in enumerate(config.rules):
                 if drops and l > 0:
-                    ones = projected.new_ones(batch, self.hidden_sizes[l - 1])
+                    ones = steps_first.new_ones(batch, self.hidden_sizes[l - 1])
                     dropout[l].append(F.dropout(ones, self.dropout, True))
-                drawn = rule.draw(shape, projected.device, generator)
+                drawn = rule.draw(shape, steps_first.device, generator)
                 if drawn is not None:
                     noise[l].append(drawn)
-        inputs = _Inputs(
-            projected=projected,
-            weights=[cell.fused_weight(bottom_up=l > 0) for l, cell in enumerate(self.layers)],
-            biases=[None if l == 0 else cell.bias for l, cell in enumerate(self.layers)],
+        # layer 1 reads the input itself (its product inside the steps'), for inference
+        raw = _Inputs(
+            projected=steps_first,
+            weights=[cell.weight for cell in self.layers],
+            biases=[cell.bias for cell in self.layers],
             h0=list(state.h),
             c0=list(state.c),
             z0=list(state.z),
@@ -505,15 +509,23 @@ class HMRNN(nn.Module):
             dropout=[torch.stack(d) if d else None for d in dropout],
             mask=mask,
         )
-        tensors = [t for t in inputs.flatten() if isinstance(t, Tensor)]
+        tensors = [t for t in raw.flatten() if isinstance(t, Tensor)]
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            # for a backward: layer 1's input product over all steps at once
+            inputs = replace(
+                raw,
+                projected=self._project(steps_first),
+                weights=[cell.fused_weight(bottom_up=l > 0) for l, cell in enumerate(self.layers)],
+                biases=[None, *raw.biases[1:]],
+            )
             results: tuple[Tensor, ...] = FusedSequence.apply(  # type: ignore[no-untyped-call]
                 config, *inputs.flatten()
             )
             hidden, z, logits = results[:3]
             cells = list(results[3 : 3 + L])
         else:
-            out = run_inference(inputs, replace(config, skip_copy=self.skip_copy_rows))
+            config = replace(config, skip_copy=self.skip_copy_rows, raw_input=True)
+            out = run_inference(raw, config)
             hidden, z, logits, cells = out.hidden, out.z, out.logits, out.cells
         log_prob = torch.stack(
             [rule.log_prob(logits[..., l], z[..., l]) for l, rule in enumerate(config.rules)],

@@ -74,11 +74,6 @@ class SequenceConfig:
     skip_copy: bool = False
     """Nothing to differentiate: rows in COPY (both boundaries exactly 0) skip their
     gate work (and, in the native kernels, rows in FLUSH the forget gate's)."""
-    raw_input: bool = False
-    """Inference only: ``projected`` is the input itself ``(T, B, I)``, ``weights[0]`` the
-    first cell's whole weight and ``biases[0]`` its bias, so the native kernel joins layer
-    1's input product to each step's (and skips its forget-gate columns where FLUSH rows
-    do not read them)."""
 
     @property
     def num_layers(self) -> int:
@@ -510,8 +505,7 @@ def _native_forward(kernels: Any, inp: _Inputs, cfg: SequenceConfig) -> _Outputs
 def _native_inference(kernels: Any, inp: _Inputs, cfg: SequenceConfig) -> _Outputs:
     """The native forward without autograd: each row's gate work only where its operation
     reads it (``cfg.skip_copy``), and only the state is kept."""
-    args = _native_arguments(inp, cfg, list(inp.weights))
-    result = kernels.infer(args[0], cfg.raw_input, *args[1:], cfg.skip_copy)
+    result = kernels.infer(*_native_arguments(inp, cfg, list(inp.weights)), cfg.skip_copy)
     out = _Outputs()
     out.hidden, out.z, out.logits = result[:3]
     out.cells = list(result[3:])
@@ -557,17 +551,22 @@ def _native_backward(
 
 
 def run_inference(inp: _Inputs, cfg: SequenceConfig) -> _Outputs:
-    """The forward without autograd (nothing to differentiate), natively where possible."""
+    """The forward without autograd (nothing to differentiate), natively where possible.
+
+    Unlike the other entry points, ``inp.projected`` holds the input itself ``(T, B, I)``
+    and ``weights[0]``, ``biases[0]`` the first cell's whole weight and its bias: the
+    native kernel joins layer 1's input product to each step's, so that rows in FLUSH
+    skip its forget-gate columns too.
+    """
     kernels = _native_kernels(inp)
     with torch.no_grad():
         if kernels is not None:
             return _native_inference(kernels, inp, cfg)
-        if cfg.raw_input:  # layer 1's input product over all steps at once
-            width = inp.projected.shape[-1]
-            first, bias = inp.weights[0], inp.biases[0]
-            projected = F.linear(inp.projected, first[:, :width].contiguous(), bias)
-            weights = [first[:, width:], *inp.weights[1:]]
-            inp = replace(inp, projected=projected, weights=weights, biases=[None, *inp.biases[1:]])
+        width = inp.projected.shape[-1]  # else layer 1's input product over all steps at once
+        first, bias = inp.weights[0], inp.biases[0]
+        projected = F.linear(inp.projected, first[:, :width].contiguous(), bias)
+        weights = [first[:, width:], *inp.weights[1:]]
+        inp = replace(inp, projected=projected, weights=weights, biases=[None, *inp.biases[1:]])
         return run_sequence(inp, cfg)
 
 

@@ -209,59 +209,98 @@ std::vector<at::Tensor> forward_impl(
   return out;
 }
 
-// w (N, K) as a contiguous (K, N) matrix, tile by tile (several times faster than a
-// strided copy at these sizes).
+// The inference kernel's column order [i, o, g, logit | f]: every gate a row that is not
+// COPY reads first, the forget gate (read by UPDATE and soft rows only) last. The source
+// row of column j, for hidden size H.
+inline int64_t gate_source(int64_t j, int64_t H) {
+  if (j < H) return j;                // i
+  if (j < 3 * H) return j + H;        // o, g
+  if (j == 3 * H) return 4 * H;       // the boundary logit
+  return j - 2 * H - 1;               // f
+}
+
+// Memory reused by every call on this thread for the inference weights below: they are
+// rewritten each call (nothing is cached), but not allocated and page-faulted anew, which
+// takes about as long as writing them.
 template <typename T>
-at::Tensor transposed(const at::Tensor& w) {
-  const int64_t N = w.size(0), K = w.size(1), tile = 32;
-  at::Tensor out = at::empty({K, N}, w.options());
-  const T* src = w.data_ptr<T>();
-  T* dst = out.data_ptr<T>();
-  for (int64_t n0 = 0; n0 < N; n0 += tile) {
-    for (int64_t k0 = 0; k0 < K; k0 += tile) {
-      const int64_t n1 = std::min(N, n0 + tile), k1 = std::min(K, k0 + tile);
-      for (int64_t n = n0; n < n1; ++n)
-        for (int64_t k = k0; k < k1; ++k) dst[k * N + n] = src[n * K + k];
-    }
+std::vector<at::Tensor> scratch_matrices(const std::vector<std::pair<int64_t, int64_t>>& shapes) {
+  thread_local at::Tensor buffer;
+  std::vector<int64_t> offsets;
+  int64_t bytes = 0;
+  for (const auto& [rows, cols] : shapes) {
+    offsets.push_back(bytes);
+    bytes += (rows * cols * static_cast<int64_t>(sizeof(T)) + 63) / 64 * 64;
+  }
+  if (!buffer.defined() || buffer.numel() < bytes) buffer = at::empty({bytes}, at::kByte);
+  std::vector<at::Tensor> out;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const auto [rows, cols] = shapes[i];
+    const int64_t size = rows * cols * static_cast<int64_t>(sizeof(T));
+    out.push_back(buffer.narrow(0, offsets[i], size)
+                      .view(c10::CppTypeToScalarType<T>::value)
+                      .view({rows, cols}));
   }
   return out;
+}
+
+// [w^T; b] with the columns in gate_source's order, written into out (K + 1, N): w (N, K)
+// transposed tile by tile (several times faster than a strided copy at these sizes), the
+// bias as the last row.
+template <typename T>
+void inference_weight(const at::Tensor& w, const at::Tensor& bias, at::Tensor& out) {
+  const int64_t N = w.size(0), K = w.size(1), H = (N - 1) / 4, tile = 32;
+  const T* src = w.data_ptr<T>();
+  const T* b = bias.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  std::vector<const T*> column(N);  // the source row of each output column
+  for (int64_t j = 0; j < N; ++j) column[j] = src + gate_source(j, H) * K;
+  for (int64_t k0 = 0; k0 < K; k0 += tile) {
+    for (int64_t j0 = 0; j0 < N; j0 += tile) {
+      const int64_t j1 = std::min(N, j0 + tile), k1 = std::min(K, k0 + tile);
+      for (int64_t k = k0; k < k1; ++k) {
+        T* out_row = dst + k * N;
+        for (int64_t j = j0; j < j1; ++j) out_row[j] = column[j][k];
+      }
+    }
+  }
+  for (int64_t j = 0; j < N; ++j) dst[K * N + j] = b[gate_source(j, H)];
 }
 
 // Inference (nothing to differentiate): each row computes only what its operation reads.
 // COPY rows (z_p = 0, z_b = 0; u = [0, h, 0]) only their boundary logit, a dot product
 // with the recurrent part of the boundary's weights; FLUSH rows (z_p = 1; c = i g) every
 // gate but the forget gate; the others (UPDATE, soft boundaries) everything. The rows of
-// a step are reordered [full..., FLUSH...] into a compact buffer, so each part is one
-// matrix product over the rows that need it: (i), (o, g, logit) over both groups, (f)
-// over the full rows. Without skip_copy every row is full. Only the state is kept.
-// `input` is either layer 1's projected input (T, B, N), or (raw) the input itself
-// (T, B, I) with weights[0] (N, I + K) and biases[0]: its product then joins the step's,
-// so FLUSH rows skip its forget-gate columns too.
+// a step are reordered [full..., FLUSH...] into a compact buffer and the weights' columns
+// [i, o, g, logit | f], so each part is one matrix product over the rows that need it:
+// (i, o, g, logit) over both groups, (f) over the full rows. Without skip_copy every row is full. Only the state is kept.
+// Layer 1 reads the input itself (T, B, I) with its whole weight (N, I + K): its input
+// product joins the step's, so FLUSH rows skip its forget-gate columns too. Each row of
+// the products' input ends with a 1, for the bias row of the transposed weights.
 template <typename T>
 std::vector<at::Tensor> infer_impl(
-    const at::Tensor& projected, bool raw, const std::vector<at::Tensor>& weights,
+    const at::Tensor& input, const std::vector<at::Tensor>& weights,
     const std::vector<at::Tensor>& biases, const std::vector<at::Tensor>& h0,
     const std::vector<at::Tensor>& c0, const std::vector<at::Tensor>& z0,
     const std::vector<at::Tensor>& noise, const std::vector<at::Tensor>& dropout,
     const at::Tensor& mask, const std::vector<int64_t>& rules, const std::vector<double>& params,
     const std::vector<int64_t>& sizes, bool skip_copy) {
-  const Layout s = layout(projected, sizes);
-  const auto opts = projected.options();
+  const Layout s = layout(input, sizes);
+  const auto opts = input.options();
   at::Tensor hidden = at::empty({s.T, s.B, s.total}, opts);
   at::Tensor z = at::empty({s.T, s.B, s.L}, opts);
   at::Tensor logits = at::empty({s.T, s.B, s.L}, opts);
-  const int64_t width_in = raw ? projected.size(2) : 0;  // layer 1's raw input, if any
+  const int64_t width_in = input.size(2);
   std::vector<at::Tensor> cells, pre, u, cell_new, tanh_new, weights_t, recurrent_logit;
   for (int64_t l = 0; l < s.L; ++l) {
     const int64_t H = s.H[l], Hb = l > 0 ? s.H[l - 1] : 0;
     cells.push_back(c0[l].clone());
     pre.push_back(at::empty({s.B, 4 * H + 1}, opts));
-    u.push_back(at::empty({s.B, s.K[l] + (l == 0 ? width_in : 0)}, opts));
+    u.push_back(at::ones({s.B, s.K[l] + (l == 0 ? width_in : 0) + 1}, opts));
     cell_new.push_back(at::empty({s.B, H}, opts));
     tanh_new.push_back(at::empty({s.B, H}, opts));
     // (K, N), contiguous: the products' fast layout at a few rows (faster than reading
     // the (N, K) weight transposed, by more than this copy costs)
-    weights_t.push_back(transposed<T>(weights[l]));
+
     recurrent_logit.push_back(l > 0 ? weights[l].select(0, 4 * H).narrow(0, Hb, H).contiguous()
                                     : at::Tensor());
   }
@@ -270,13 +309,17 @@ std::vector<at::Tensor> infer_impl(
   T* lo = logits.data_ptr<T>();
   const States<T> st{s, hid, zo, h0, z0, dropout};
   const bool* m = present(mask) ? mask.data_ptr<bool>() : nullptr;
+  std::vector<std::pair<int64_t, int64_t>> shapes;
+  for (int64_t l = 0; l < s.L; ++l) shapes.emplace_back(weights[l].size(1) + 1, weights[l].size(0));
+  weights_t = scratch_matrices<T>(shapes);
+  for (int64_t l = 0; l < s.L; ++l) inference_weight<T>(weights[l], biases[l], weights_t[l]);
   std::vector<int64_t> order(s.B);  // compact row r -> batch row
   std::vector<int64_t> copy_rows;
   copy_rows.reserve(s.B);
   for (int64_t t = 0; t < s.T; ++t) {
     for (int64_t l = 0; l < s.L; ++l) {
       const int64_t H = s.H[l], N = 4 * H + 1;
-      const int64_t in = l == 0 ? width_in : 0, K = s.K[l] + in;
+      const int64_t in = l == 0 ? width_in : 0, K = s.K[l] + in + 1;
       // the rows by operation: full first, then FLUSH; COPY apart
       int64_t n_full = 0, n_flush = 0;
       copy_rows.clear();
@@ -293,7 +336,7 @@ std::vector<at::Tensor> infer_impl(
       }
       const int64_t n_active = n_full + n_flush;
       T* ub = u[l].data_ptr<T>();
-      const T* x_t = raw && l == 0 ? projected.data_ptr<T>() + t * s.B * in : nullptr;
+      const T* x_t = l == 0 ? input.data_ptr<T>() + t * s.B * in : nullptr;
       for (int64_t r = 0; r < n_active; ++r) {
         if (x_t) std::copy(x_t + order[r] * in, x_t + (order[r] + 1) * in, ub + r * K);
         st.inputs(l, t, order[r], ub + r * K + in);
@@ -305,44 +348,21 @@ std::vector<at::Tensor> infer_impl(
         at::mm_out(out, a, w);
       };
       if (n_active > 0) {
-        if (n_flush == 0) {
-          product(p.narrow(0, 0, n_active), x, weights_t[l]);
-        } else {
-          product(p.narrow(0, 0, n_active).narrow(1, 0, H), x, weights_t[l].narrow(1, 0, H));
-          product(p.narrow(0, 0, n_active).narrow(1, 2 * H, 2 * H + 1), x,
-                  weights_t[l].narrow(1, 2 * H, 2 * H + 1));
-          if (n_full > 0) {
-            product(p.narrow(0, 0, n_full).narrow(1, H, H), u[l].narrow(0, 0, n_full),
-                    weights_t[l].narrow(1, H, H));
-          }
+        const int64_t shared = n_flush == 0 ? N : 3 * H + 1;
+        product(p.narrow(0, 0, n_active).narrow(1, 0, shared), x,
+                weights_t[l].narrow(1, 0, shared));
+        if (n_flush > 0 && n_full > 0) {
+          product(p.narrow(0, 0, n_full).narrow(1, 3 * H + 1, H), u[l].narrow(0, 0, n_full),
+                  weights_t[l].narrow(1, 3 * H + 1, H));
         }
       }
-      // the base (layer 1's projected input, or the bias), then the nonlinearities
-      // (vectorised by ATen) on the columns each group computed
+      // the nonlinearities (vectorised by ATen) on the columns each group computed
       T* pp = p.data_ptr<T>();
-      const bool projected_base = l == 0 && !raw;
-      const T* base = (projected_base ? projected[t] : biases[l]).data_ptr<T>();
-      const int64_t base_stride = projected_base ? N : 0;
-      for (int64_t r = 0; r < n_active; ++r) {
-        const T* br = base + order[r] * base_stride;
-        T* pr = pp + r * N;
-        if (r < n_full) {
-          for (int64_t k = 0; k < N; ++k) pr[k] += br[k];
-        } else {
-          for (int64_t k = 0; k < H; ++k) pr[k] += br[k];
-          for (int64_t k = 2 * H; k < N; ++k) pr[k] += br[k];
-        }
-      }
       if (n_active > 0) {
         at::Tensor rows = p.narrow(0, 0, n_active);
-        if (n_flush == 0) {
-          rows.narrow(1, 0, 3 * H).sigmoid_();
-        } else {
-          rows.narrow(1, 0, H).sigmoid_();
-          rows.narrow(1, 2 * H, H).sigmoid_();
-          if (n_full > 0) p.narrow(0, 0, n_full).narrow(1, H, H).sigmoid_();
-        }
-        rows.narrow(1, 3 * H, H).tanh_();
+        rows.narrow(1, 0, 2 * H).sigmoid_();
+        rows.narrow(1, 2 * H, H).tanh_();
+        if (n_full > 0) p.narrow(0, 0, n_full).narrow(1, 3 * H + 1, H).sigmoid_();
       }
       // the new cell: c_F = i g (FLUSH), c_U = c_F + f c (UPDATE), a blend of them and c
       // for soft boundaries; its tanh, then h = o tanh(c)
@@ -355,10 +375,11 @@ std::vector<at::Tensor> infer_impl(
         const T* pr = pp + r * N;
         const T* cr = cs + b * H;
         T* cnr = cn + r * H;
+        const T* f = pr + 3 * H + 1;
         if (zp == T(1)) {
-          for (int64_t k = 0; k < H; ++k) cnr[k] = pr[k] * pr[3 * H + k];
+          for (int64_t k = 0; k < H; ++k) cnr[k] = pr[k] * pr[2 * H + k];
         } else {
-          for (int64_t k = 0; k < H; ++k) cnr[k] = pr[k] * pr[3 * H + k] + pr[H + k] * cr[k];
+          for (int64_t k = 0; k < H; ++k) cnr[k] = pr[k] * pr[2 * H + k] + f[k] * cr[k];
         }
       }
       if (n_active > 0) {
@@ -383,20 +404,20 @@ std::vector<at::Tensor> infer_impl(
         const T* cnr = cn + r * H;
         const T* tnr = tn + r * H;
         const T zp = st.prev_z(l, t, b), zb = st.below_z(l, t, b);
-        if (!finish(b, pr[4 * H])) {
+        if (!finish(b, pr[3 * H])) {
           std::copy(hp, hp + H, hn);
         } else if (zp == T(1) || (zp == T(0) && zb == T(1))) {  // FLUSH: c_F; UPDATE: c_U
           for (int64_t k = 0; k < H; ++k) {
             cr[k] = cnr[k];
-            hn[k] = pr[2 * H + k] * tnr[k];
+            hn[k] = pr[H + k] * tnr[k];
           }
         } else {  // soft boundaries: flush·F + update·U + copy·C
           const T flush = zp, update = (T(1) - zp) * zb, copy = (T(1) - zp) * (T(1) - zb);
           for (int64_t k = 0; k < H; ++k) {
-            const T cf = pr[k] * pr[3 * H + k];
+            const T cf = pr[k] * pr[2 * H + k];
             const T c = cr[k];
             cr[k] = flush * cf + update * cnr[k] + copy * c;
-            hn[k] = pr[2 * H + k] * (flush * std::tanh(cf) + update * tnr[k]) + copy * hp[k];
+            hn[k] = pr[H + k] * (flush * std::tanh(cf) + update * tnr[k]) + copy * hp[k];
           }
         }
       }
@@ -646,7 +667,7 @@ std::vector<at::Tensor> forward(
 }
 
 std::vector<at::Tensor> infer(
-    const at::Tensor& projected, bool raw, const std::vector<at::Tensor>& weights,
+    const at::Tensor& input, const std::vector<at::Tensor>& weights,
     const std::vector<at::Tensor>& biases, const std::vector<at::Tensor>& h0,
     const std::vector<at::Tensor>& c0, const std::vector<at::Tensor>& z0,
     const std::vector<at::Tensor>& noise, const std::vector<at::Tensor>& dropout,
@@ -654,9 +675,9 @@ std::vector<at::Tensor> infer(
     const std::vector<int64_t>& sizes, bool skip_copy) {
   at::NoGradGuard no_grad;
   std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES(projected.scalar_type(), "hmrnn_fused_infer", [&] {
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "hmrnn_fused_infer", [&] {
     out = infer_impl<scalar_t>(
-        projected.contiguous(), raw, contiguous(weights), contiguous(biases), contiguous(h0),
+        input.contiguous(), contiguous(weights), contiguous(biases), contiguous(h0),
         contiguous(c0), contiguous(z0), contiguous(noise), contiguous(dropout), contiguous(mask),
         rules, params, sizes, skip_copy);
   });

@@ -524,8 +524,7 @@ class HMRNN(nn.Module):
             hidden, z, logits = results[:3]
             cells = list(results[3 : 3 + L])
         else:
-            config = replace(config, skip_copy=self.skip_copy_rows, raw_input=True)
-            out = run_inference(raw, config)
+            out = run_inference(raw, replace(config, skip_copy=self.skip_copy_rows))
             hidden, z, logits, cells = out.hidden, out.z, out.logits, out.cells
         log_prob = torch.stack(
             [rule.log_prob(logits[..., l], z[..., l]) for l, rule in enumerate(config.rules)],

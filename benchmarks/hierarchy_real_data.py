@@ -63,6 +63,7 @@ PRIOR_TARGET = (0.3, 0.1, 0.1)
 PRIOR_WEIGHT = 1.0
 WEAK_PRIOR_TARGET = (0.3, 0.3, 0.3)
 WEAK_PRIOR_WEIGHT = 0.1
+LOW_PRIOR_TARGET = (0.1, 0.1, 0.1)
 
 #: The candidates for HMRNN's default boundary:
 #: name -> (estimator factory, prior target or None, prior weight).
@@ -73,6 +74,17 @@ CANDIDATES: dict[str, tuple[Callable[[], nn.Module], tuple[float, ...] | None, f
     "hmrnn-st+prior": (lambda: StraightThrough(slope_rate=0.04), PRIOR_TARGET, PRIOR_WEIGHT),
     # A weak prior: negligible near its target, steep as a layer's rate nears 0 or 1.
     "hmrnn-gumbel0.3+weakprior": (lambda: GumbelSigmoid(0.3), WEAK_PRIOR_TARGET, WEAK_PRIOR_WEIGHT),
+    "hmrnn-st+weakprior": (
+        lambda: StraightThrough(slope_rate=0.04),
+        WEAK_PRIOR_TARGET,
+        WEAK_PRIOR_WEIGHT,
+    ),
+    # The same weight, a lower target: longer segments, fewer flushes of layer 1's memory.
+    "hmrnn-gumbel0.3+weakprior0.1": (
+        lambda: GumbelSigmoid(0.3),
+        LOW_PRIOR_TARGET,
+        WEAK_PRIOR_WEIGHT,
+    ),
 }
 MODELS = ("lstm", *CANDIDATES)
 
@@ -274,6 +286,12 @@ def train_one(
         clf.epoch_end()
     train_seconds = time.time() - start
     result = evaluate(clf, data, 256)
+    if isinstance(clf.rnn, HMRNN):
+        # the same trained model, its boundaries taken at their most likely value (a 1
+        # where the probability exceeds 1/2) instead of drawn: eval_mode="mode"
+        for est in clf.rnn.boundaries:
+            est.eval_mode = "mode"
+        result["mode"] = evaluate(clf, data, 256)
     result.update(train_loss=last_loss, train_seconds=round(train_seconds, 1))
     return result
 
@@ -349,6 +367,11 @@ def summarise(out_dir: Path, epochs: int) -> dict[str, Any]:
             ]
             row["runs_with_cut_off"] = sum(bool(r["cut_off"]) for r in group)
             row["cut_off_per_seed"] = {str(r["seed"]): r["cut_off"] for r in group}
+        modes = [r["mode"] for r in group if "mode" in r]
+        if len(modes) == len(group):  # the same models, boundaries at their most likely value
+            row["mode_accuracy_mean"] = statistics.fmean(m["test_accuracy"] for m in modes)
+            row["mode_accuracy_std"] = _spread([m["test_accuracy"] for m in modes])
+            row["mode_runs_with_cut_off"] = sum(bool(m["cut_off"]) for m in modes)
         rows.append(row)
     lstm = {row["dataset"]: row["accuracy_mean"] for row in rows if row["model"] == "lstm"}
     for row in rows:
@@ -398,7 +421,9 @@ def markdown(summary: dict[str, Any]) -> str:
         f"`BoundaryRatePrior({list(summary['settings'].get('prior_target', []))}, "
         f"weight={summary['settings'].get('prior_weight')})`, `+weakprior` adds "
         f"`BoundaryRatePrior({list(summary['settings'].get('weak_prior_target', []))}, "
-        f"weight={summary['settings'].get('weak_prior_weight')})` to the loss.",
+        f"weight={summary['settings'].get('weak_prior_weight')})` to the loss, "
+        "`+weakprior0.1` the same weight with target "
+        f"`{list(summary['settings'].get('low_prior_target', []))}`.",
         "",
         "| dataset | train/test | classes | channels | steps (pool) | batch |",
         "|---|---|---|---|---|---|",
@@ -437,6 +462,23 @@ def markdown(summary: dict[str, Any]) -> str:
             f"{cut} | {row['train_seconds_mean']:.0f} |"
         )
     lines += ["", *target_check(summary["rows"])]
+    moded = [row for row in summary["rows"] if "mode_accuracy_mean" in row]
+    if moded:
+        lines += [
+            "",
+            "The same trained models evaluated with each layer's most likely boundary "
+            '(`eval_mode="mode"`: a 1 where the probability exceeds 1/2) instead of a drawn one:',
+            "",
+            "| dataset | model | drawn (above) | most likely | cut off, most likely |",
+            "|---|---|---|---|---|",
+        ]
+        for row in moded:
+            lines.append(
+                f"| {row['dataset']} | {row['model']} | {row['accuracy_mean']:.3f} ± "
+                f"{row['accuracy_std']:.3f} | {row['mode_accuracy_mean']:.3f} ± "
+                f"{row['mode_accuracy_std']:.3f} | "
+                f"{row['mode_runs_with_cut_off']}/{len(row['seeds'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -498,6 +540,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "prior_weight": PRIOR_WEIGHT,
             "weak_prior_target": WEAK_PRIOR_TARGET,
             "weak_prior_weight": WEAK_PRIOR_WEIGHT,
+            "low_prior_target": LOW_PRIOR_TARGET,
             "torch": torch.__version__,
             "git": _git_state(),
             "threads": args.threads,

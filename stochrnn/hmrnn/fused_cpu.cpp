@@ -248,15 +248,16 @@ std::vector<at::Tensor> scratch_matrices(const std::vector<std::pair<int64_t, in
 // bias as the last row.
 template <typename T>
 void inference_weight(const at::Tensor& w, const at::Tensor& bias, at::Tensor& out) {
-  const int64_t N = w.size(0), K = w.size(1), H = (N - 1) / 4, tile = 32;
+  // tiles of 64 rows by 128 columns of the output (the fastest measured, memory-bound)
+  const int64_t N = w.size(0), K = w.size(1), H = (N - 1) / 4, tile_k = 64, tile_j = 128;
   const T* src = w.data_ptr<T>();
   const T* b = bias.data_ptr<T>();
   T* dst = out.data_ptr<T>();
   std::vector<const T*> column(N);  // the source row of each output column
   for (int64_t j = 0; j < N; ++j) column[j] = src + gate_source(j, H) * K;
-  for (int64_t k0 = 0; k0 < K; k0 += tile) {
-    for (int64_t j0 = 0; j0 < N; j0 += tile) {
-      const int64_t j1 = std::min(N, j0 + tile), k1 = std::min(K, k0 + tile);
+  for (int64_t k0 = 0; k0 < K; k0 += tile_k) {
+    for (int64_t j0 = 0; j0 < N; j0 += tile_j) {
+      const int64_t j1 = std::min(N, j0 + tile_j), k1 = std::min(K, k0 + tile_k);
       for (int64_t k = k0; k < k1; ++k) {
         T* out_row = dst + k * N;
         for (int64_t j = j0; j < j1; ++j) out_row[j] = column[j][k];

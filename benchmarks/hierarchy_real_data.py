@@ -64,6 +64,7 @@ PRIOR_WEIGHT = 1.0
 WEAK_PRIOR_TARGET = (0.3, 0.3, 0.3)
 WEAK_PRIOR_WEIGHT = 0.1
 LOW_PRIOR_TARGET = (0.1, 0.1, 0.1)
+HIGH_PRIOR_TARGET = (0.5, 0.5, 0.5)
 
 #: The candidates for HMRNN's default boundary:
 #: name -> (estimator factory, prior target or None, prior weight).
@@ -77,6 +78,14 @@ CANDIDATES: dict[str, tuple[Callable[[], nn.Module], tuple[float, ...] | None, f
     "hmrnn-st+weakprior": (
         lambda: StraightThrough(slope_rate=0.04),
         WEAK_PRIOR_TARGET,
+        WEAK_PRIOR_WEIGHT,
+    ),
+    # A higher temperature (smoother pathwise gradients; the same hard draws).
+    "hmrnn-gumbel1+weakprior": (lambda: GumbelSigmoid(1.0), WEAK_PRIOR_TARGET, WEAK_PRIOR_WEIGHT),
+    # The same weight, a higher target: more UPDATE/FLUSH steps, fewer COPY.
+    "hmrnn-gumbel0.3+weakprior0.5": (
+        lambda: GumbelSigmoid(0.3),
+        HIGH_PRIOR_TARGET,
         WEAK_PRIOR_WEIGHT,
     ),
     # The same weight, a lower target: longer segments, fewer flushes of layer 1's memory.
@@ -422,8 +431,10 @@ def markdown(summary: dict[str, Any]) -> str:
         f"weight={summary['settings'].get('prior_weight')})`, `+weakprior` adds "
         f"`BoundaryRatePrior({list(summary['settings'].get('weak_prior_target', []))}, "
         f"weight={summary['settings'].get('weak_prior_weight')})` to the loss, "
-        "`+weakprior0.1` the same weight with target "
-        f"`{list(summary['settings'].get('low_prior_target', []))}`.",
+        "`+weakprior0.1` and `+weakprior0.5` the same weight with target "
+        f"`{list(summary['settings'].get('low_prior_target', []))}` and "
+        f"`{list(summary['settings'].get('high_prior_target', []))}`; `gumbel1` = "
+        "`GumbelSigmoid(1.0)`.",
         "",
         "| dataset | train/test | classes | channels | steps (pool) | batch |",
         "|---|---|---|---|---|---|",
@@ -541,6 +552,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "weak_prior_target": WEAK_PRIOR_TARGET,
             "weak_prior_weight": WEAK_PRIOR_WEIGHT,
             "low_prior_target": LOW_PRIOR_TARGET,
+            "high_prior_target": HIGH_PRIOR_TARGET,
             "torch": torch.__version__,
             "git": _git_state(),
             "threads": args.threads,

@@ -8,6 +8,7 @@ Same seed, same draws: values and every gradient agree to float64 rounding
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -228,18 +229,21 @@ INFERENCE_CASES = {
 }
 
 
+@pytest.mark.parametrize("steps", [9, 80], ids=["weights-as-they-are", "weights-transposed"])
 @pytest.mark.parametrize("case", list(INFERENCE_CASES))
-def test_native_inference_equals_the_per_step_path(case: str) -> None:
+def test_native_inference_equals_the_per_step_path(case: str, steps: int) -> None:
     """The native inference kernel reorders rows by operation and skips unread gate work;
     in float64 it gives the per-step path's output, boundaries, logits and last state, with
-    padded steps (a mask) and a random initial state."""
+    padded steps (a mask) and a random initial state. Over few rows (7 x 9) it reads the
+    weights as they are; over many (7 x 80 >= 512) transposed, with the gates reordered."""
     boundary, logit, skip = INFERENCE_CASES[case]
     torch.manual_seed(11)
     rnn = HMRNN(3, 6, num_layers=3, boundary=[boundary() for _ in range(3)]).double()
     _forced(rnn, logit)
     rnn.skip_copy_rows = skip
-    x = torch.randn(7, 9, 3, dtype=torch.float64)
-    mask = torch.arange(9)[None, :] < torch.tensor([9, 9, 8, 5, 9, 3, 7])[:, None]
+    x = torch.randn(7, steps, 3, dtype=torch.float64)
+    lengths = torch.tensor([1.0, 1.0, 0.9, 0.5, 1.0, 0.3, 0.8]) * steps
+    mask = torch.arange(steps)[None, :] < lengths.long()[:, None]
     state = random_state(rnn.double(), 7)
     state = HMRNNState(*(tuple(t.detach().double() for t in group) for group in state))
     outs = []
@@ -256,6 +260,68 @@ def test_native_inference_equals_the_per_step_path(case: str) -> None:
     if logit is None and skip:
         z = reference.boundaries
         assert 0 < float((z == 1).double().mean()) < 1 or case == "soft"
+
+
+BOUNDARY_MAKERS: list[Callable[[], Any]] = [
+    lambda: GumbelSigmoid(0.3),
+    lambda: GumbelSigmoid(0.7, hard=False),
+    lambda: GumbelSigmoid(0.001, hard=False),  # soft boundaries that saturate to 0 or 1
+    lambda: StraightThrough(),
+    lambda: StraightThrough(stochastic=True),
+    lambda: Reinforce(categorical=False),
+    lambda: GumbelSigmoid(0.3, eval_mode="mode"),
+]
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_native_inference_on_random_configurations(case: int) -> None:
+    """Random layer counts and (unequal) hidden sizes, estimators, layouts, masks, states,
+    dropout in training mode, forced or learnt boundaries, both weight layouts, float64:
+    the native inference kernel gives the per-step path's output, boundaries, logits,
+    log-probabilities and last state."""
+    rng = random.Random(case)
+    layers = rng.randint(1, 4)
+    sizes = [rng.randint(1, 9) for _ in range(layers)]
+    inputs, batch = rng.randint(1, 7), rng.randint(1, 10)
+    steps = rng.choice([1, 2, 8, 40])  # 40 steps of 5+ rows: the transposed layout
+    batch_first = rng.random() < 0.5
+    torch.manual_seed(case)
+    boundaries = [rng.choice(BOUNDARY_MAKERS)() for _ in range(layers)]
+    rnn = HMRNN(inputs, sizes, num_layers=layers, boundary=boundaries, batch_first=batch_first)
+    rnn = rnn.double()
+    rnn.dropout = rng.choice([0.0, 0.4])
+    rnn.train(rng.random() < 0.5)
+    rnn.skip_copy_rows = rng.random() < 0.8
+    for cell in rnn.layers:
+        draw = rng.random()
+        if draw < 0.5:
+            with torch.no_grad():
+                cell.weight[-1].zero_()
+                cell.bias[-1] = (40.0, -40.0, 0.0)[int(draw * 6) % 3]
+    shape = (batch, steps, inputs) if batch_first else (steps, batch, inputs)
+    x = torch.randn(shape, dtype=torch.float64)
+    if rng.random() < 0.3:  # not contiguous
+        x = torch.randn(shape[::-1], dtype=torch.float64).permute(2, 1, 0)
+    mask = torch.rand(shape[:2]) < 0.7 if rng.random() < 0.6 else None
+    state = None
+    if rng.random() < 0.7:
+        state = HMRNNState(
+            tuple(torch.randn(batch, h, dtype=torch.float64) for h in sizes),
+            tuple(torch.randn(batch, h, dtype=torch.float64) for h in sizes),
+            tuple((torch.rand(batch) < 0.5).double() for _ in sizes),
+        )
+    outs = []
+    with native_kernels(True), torch.no_grad():
+        for fused in (True, False):
+            rnn.fused = fused
+            torch.manual_seed(case)  # the dropout masks
+            outs.append(rnn(x, state, mask=mask, generator=torch.Generator().manual_seed(case)))
+    native_out, reference = outs
+    for name in ("output", "boundaries", "boundary_logits", "log_prob"):
+        torch.testing.assert_close(getattr(native_out, name), getattr(reference, name))
+    for a, b in zip(native_out.state, reference.state, strict=True):
+        for u, v in zip(a, b, strict=True):
+            torch.testing.assert_close(u, v)
 
 
 @pytest.mark.parametrize("use_native", [True, False], ids=["native", "pytorch"])

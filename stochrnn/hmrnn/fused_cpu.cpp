@@ -271,12 +271,28 @@ void inference_weight(const at::Tensor& w, const at::Tensor& bias, at::Tensor& o
 // COPY rows (z_p = 0, z_b = 0; u = [0, h, 0]) only their boundary logit, a dot product
 // with the recurrent part of the boundary's weights; FLUSH rows (z_p = 1; c = i g) every
 // gate but the forget gate; the others (UPDATE, soft boundaries) everything. The rows of
-// a step are reordered [full..., FLUSH...] into a compact buffer and the weights' columns
-// [i, o, g, logit | f], so each part is one matrix product over the rows that need it:
-// (i, o, g, logit) over both groups, (f) over the full rows. Without skip_copy every row is full. Only the state is kept.
-// Layer 1 reads the input itself (T, B, I) with its whole weight (N, I + K): its input
-// product joins the step's, so FLUSH rows skip its forget-gate columns too. Each row of
-// the products' input ends with a 1, for the bias row of the transposed weights.
+// a step are reordered [full..., FLUSH...] into a compact buffer, so that each block of
+// gates is one matrix product over the rows that need it. Without skip_copy every row is
+// full. Only the state is kept. Layer 1 reads the input itself (T, B, I) with its whole
+// weight (N, I + K): its input product joins the step's, so FLUSH rows skip its
+// forget-gate columns too.
+//
+// The weights are read in one of two layouts. Over many rows (T B >= kTransposeRows),
+// transposed into (K + 1, N) with the columns [i, o, g, logit | f] and the bias as the
+// last row (each row of the products' input then ends with a 1): a few-row product runs
+// about a quarter faster on that layout, and FLUSH rows read one block. Over few rows
+// (a step at a time, say), as they are: copying them would cost more than it saves
+// (measured: the two break even between 64 and 256 rows, at hidden sizes 64 and 512).
+constexpr int64_t kTransposeRows = 192;
+
+// Where each gate's columns start in a layer's pre-activation row, for one layout.
+struct Gates {
+  int64_t i, f, o, g, logit;
+  static Gates of(bool transposed, int64_t H) {
+    return transposed ? Gates{0, 3 * H + 1, H, 2 * H, 3 * H} : Gates{0, H, 2 * H, 3 * H, 4 * H};
+  }
+};
+
 template <typename T>
 std::vector<at::Tensor> infer_impl(
     const at::Tensor& input, const std::vector<at::Tensor>& weights,
@@ -291,7 +307,8 @@ std::vector<at::Tensor> infer_impl(
   at::Tensor z = at::empty({s.T, s.B, s.L}, opts);
   at::Tensor logits = at::empty({s.T, s.B, s.L}, opts);
   const int64_t width_in = input.size(2);
-  std::vector<at::Tensor> cells, pre, u, cell_new, tanh_new, weights_t, recurrent_logit;
+  const bool transposed = s.T * s.B >= kTransposeRows;
+  std::vector<at::Tensor> cells, pre, u, cell_new, tanh_new, recurrent_logit;
   for (int64_t l = 0; l < s.L; ++l) {
     const int64_t H = s.H[l], Hb = l > 0 ? s.H[l - 1] : 0;
     cells.push_back(c0[l].clone());
@@ -299,9 +316,6 @@ std::vector<at::Tensor> infer_impl(
     u.push_back(at::ones({s.B, s.K[l] + (l == 0 ? width_in : 0) + 1}, opts));
     cell_new.push_back(at::empty({s.B, H}, opts));
     tanh_new.push_back(at::empty({s.B, H}, opts));
-    // (K, N), contiguous: the products' fast layout at a few rows (faster than reading
-    // the (N, K) weight transposed, by more than this copy costs)
-
     recurrent_logit.push_back(l > 0 ? weights[l].select(0, 4 * H).narrow(0, Hb, H).contiguous()
                                     : at::Tensor());
   }
@@ -310,10 +324,13 @@ std::vector<at::Tensor> infer_impl(
   T* lo = logits.data_ptr<T>();
   const States<T> st{s, hid, zo, h0, z0, dropout};
   const bool* m = present(mask) ? mask.data_ptr<bool>() : nullptr;
-  std::vector<std::pair<int64_t, int64_t>> shapes;
-  for (int64_t l = 0; l < s.L; ++l) shapes.emplace_back(weights[l].size(1) + 1, weights[l].size(0));
-  weights_t = scratch_matrices<T>(shapes);
-  for (int64_t l = 0; l < s.L; ++l) inference_weight<T>(weights[l], biases[l], weights_t[l]);
+  std::vector<at::Tensor> weights_t;
+  if (transposed) {
+    std::vector<std::pair<int64_t, int64_t>> shapes;
+    for (const auto& w : weights) shapes.emplace_back(w.size(1) + 1, w.size(0));
+    weights_t = scratch_matrices<T>(shapes);
+    for (int64_t l = 0; l < s.L; ++l) inference_weight<T>(weights[l], biases[l], weights_t[l]);
+  }
   std::vector<int64_t> order(s.B);  // compact row r -> batch row
   std::vector<int64_t> copy_rows;
   copy_rows.reserve(s.B);
@@ -342,28 +359,46 @@ std::vector<at::Tensor> infer_impl(
         if (x_t) std::copy(x_t + order[r] * in, x_t + (order[r] + 1) * in, ub + r * K);
         st.inputs(l, t, order[r], ub + r * K + in);
       }
-      const at::Tensor x = u[l].narrow(0, 0, n_active);
+      // gate columns [c0, c0 + n) of the first `rows` compact rows, written in place into
+      // the compact buffer (out= views)
       at::Tensor& p = pre[l];
-      // out= views of the compact buffer: the products write into it in place
-      auto product = [](at::Tensor out, const at::Tensor& a, const at::Tensor& w) {
-        at::mm_out(out, a, w);
+      const Gates at_ = Gates::of(transposed, H);
+      auto product = [&](int64_t rows, int64_t c0, int64_t n) {
+        at::Tensor out = p.narrow(0, 0, rows).narrow(1, c0, n);
+        if (transposed) {
+          at::mm_out(out, u[l].narrow(0, 0, rows), weights_t[l].narrow(1, c0, n));
+        } else {
+          at::addmm_out(out, biases[l].narrow(0, c0, n), u[l].narrow(0, 0, rows).narrow(1, 0, K - 1),
+                        weights[l].narrow(0, c0, n).t());
+        }
       };
       if (n_active > 0) {
-        const int64_t shared = n_flush == 0 ? N : 3 * H + 1;
-        product(p.narrow(0, 0, n_active).narrow(1, 0, shared), x,
-                weights_t[l].narrow(1, 0, shared));
-        if (n_flush > 0 && n_full > 0) {
-          product(p.narrow(0, 0, n_full).narrow(1, 3 * H + 1, H), u[l].narrow(0, 0, n_full),
-                  weights_t[l].narrow(1, 3 * H + 1, H));
+        if (n_flush == 0) {
+          product(n_active, 0, N);
+        } else if (transposed) {  // [i, o, g, logit] for every row, then f
+          product(n_active, 0, 3 * H + 1);
+        } else {  // i, then [o, g, logit] for every row, then f
+          product(n_active, at_.i, H);
+          product(n_active, at_.o, 2 * H + 1);
         }
+        if (n_flush > 0 && n_full > 0) product(n_full, at_.f, H);
       }
       // the nonlinearities (vectorised by ATen) on the columns each group computed
       T* pp = p.data_ptr<T>();
       if (n_active > 0) {
         at::Tensor rows = p.narrow(0, 0, n_active);
-        rows.narrow(1, 0, 2 * H).sigmoid_();
-        rows.narrow(1, 2 * H, H).tanh_();
-        if (n_full > 0) p.narrow(0, 0, n_full).narrow(1, 3 * H + 1, H).sigmoid_();
+        if (transposed) {
+          rows.narrow(1, at_.i, 2 * H).sigmoid_();  // i, o
+        } else if (n_flush == 0) {
+          rows.narrow(1, at_.i, 3 * H).sigmoid_();  // i, f, o
+        } else {
+          rows.narrow(1, at_.i, H).sigmoid_();
+          rows.narrow(1, at_.o, H).sigmoid_();
+        }
+        if (n_full > 0 && (transposed || n_flush > 0)) {
+          p.narrow(0, 0, n_full).narrow(1, at_.f, H).sigmoid_();
+        }
+        rows.narrow(1, at_.g, H).tanh_();
       }
       // the new cell: c_F = i g (FLUSH), c_U = c_F + f c (UPDATE), a blend of them and c
       // for soft boundaries; its tanh, then h = o tanh(c)
@@ -376,11 +411,11 @@ std::vector<at::Tensor> infer_impl(
         const T* pr = pp + r * N;
         const T* cr = cs + b * H;
         T* cnr = cn + r * H;
-        const T* f = pr + 3 * H + 1;
+        const T *i = pr + at_.i, *f = pr + at_.f, *g = pr + at_.g;
         if (zp == T(1)) {
-          for (int64_t k = 0; k < H; ++k) cnr[k] = pr[k] * pr[2 * H + k];
+          for (int64_t k = 0; k < H; ++k) cnr[k] = i[k] * g[k];
         } else {
-          for (int64_t k = 0; k < H; ++k) cnr[k] = pr[k] * pr[2 * H + k] + f[k] * cr[k];
+          for (int64_t k = 0; k < H; ++k) cnr[k] = i[k] * g[k] + f[k] * cr[k];
         }
       }
       if (n_active > 0) {
@@ -405,20 +440,21 @@ std::vector<at::Tensor> infer_impl(
         const T* cnr = cn + r * H;
         const T* tnr = tn + r * H;
         const T zp = st.prev_z(l, t, b), zb = st.below_z(l, t, b);
-        if (!finish(b, pr[3 * H])) {
+        const T *i = pr + at_.i, *o = pr + at_.o, *g = pr + at_.g;
+        if (!finish(b, pr[at_.logit])) {
           std::copy(hp, hp + H, hn);
         } else if (zp == T(1) || (zp == T(0) && zb == T(1))) {  // FLUSH: c_F; UPDATE: c_U
           for (int64_t k = 0; k < H; ++k) {
             cr[k] = cnr[k];
-            hn[k] = pr[H + k] * tnr[k];
+            hn[k] = o[k] * tnr[k];
           }
         } else {  // soft boundaries: flush·F + update·U + copy·C
           const T flush = zp, update = (T(1) - zp) * zb, copy = (T(1) - zp) * (T(1) - zb);
           for (int64_t k = 0; k < H; ++k) {
-            const T cf = pr[k] * pr[2 * H + k];
+            const T cf = i[k] * g[k];
             const T c = cr[k];
             cr[k] = flush * cf + update * cnr[k] + copy * c;
-            hn[k] = pr[H + k] * (flush * std::tanh(cf) + update * tnr[k]) + copy * hp[k];
+            hn[k] = o[k] * (flush * std::tanh(cf) + update * tnr[k]) + copy * hp[k];
           }
         }
       }
@@ -667,6 +703,48 @@ std::vector<at::Tensor> forward(
   return out;
 }
 
+// What infer_impl reads, checked: a malformed call raises instead of reading past a tensor.
+void check_inference_arguments(
+    const at::Tensor& input, const std::vector<at::Tensor>& weights,
+    const std::vector<at::Tensor>& biases, const std::vector<at::Tensor>& h0,
+    const std::vector<at::Tensor>& c0, const std::vector<at::Tensor>& z0,
+    const std::vector<at::Tensor>& noise, const std::vector<at::Tensor>& dropout,
+    const at::Tensor& mask, const std::vector<int64_t>& rules, const std::vector<double>& params,
+    const std::vector<int64_t>& sizes) {
+  const size_t L = sizes.size();
+  TORCH_CHECK(L > 0 && input.dim() == 3, "infer: input (T, B, I) and at least one layer");
+  for (const auto* group : {&weights, &biases, &h0, &c0, &z0, &noise, &dropout}) {
+    TORCH_CHECK(group->size() == L, "infer: one tensor per layer in every group");
+  }
+  TORCH_CHECK(rules.size() == L && params.size() == L, "infer: one rule per layer");
+  const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
+  const auto dtype = input.scalar_type();
+  for (size_t l = 0; l < L; ++l) {
+    const int64_t H = sizes[l], N = 4 * H + 1;
+    const int64_t K = (l == 0 ? I : sizes[l - 1]) + H + (l + 1 < L ? sizes[l + 1] : 0);
+    TORCH_CHECK(weights[l].dim() == 2 && weights[l].size(0) == N && weights[l].size(1) == K &&
+                    weights[l].scalar_type() == dtype,
+                "infer: layer ", l, "'s weight must be (", N, ", ", K, ") of the input's dtype");
+    TORCH_CHECK(biases[l].dim() == 1 && biases[l].size(0) == N && biases[l].scalar_type() == dtype,
+                "infer: layer ", l, "'s bias must be (", N, ") of the input's dtype");
+    for (const auto* state : {&h0[l], &c0[l]}) {
+      TORCH_CHECK(state->dim() == 2 && state->size(0) == B && state->size(1) == H &&
+                      state->scalar_type() == dtype,
+                  "infer: layer ", l, "'s h0 and c0 must be (", B, ", ", H, ")");
+    }
+    TORCH_CHECK(z0[l].numel() == B && z0[l].scalar_type() == dtype,
+                "infer: layer ", l, "'s z0 must be (", B, ")");
+    TORCH_CHECK(!present(noise[l]) || (noise[l].numel() == T * B &&
+                                       noise[l].scalar_type() == at::kFloat),
+                "infer: layer ", l, "'s noise must be empty or (T, B) float32");
+    TORCH_CHECK(!present(dropout[l]) || (l > 0 && dropout[l].numel() == T * B * sizes[l - 1] &&
+                                         dropout[l].scalar_type() == dtype),
+                "infer: layer ", l, "'s dropout mask must be empty or (T, B, H below)");
+  }
+  TORCH_CHECK(!present(mask) || (mask.numel() == T * B && mask.scalar_type() == at::kBool),
+              "infer: the mask must be empty or (T, B) bool");
+}
+
 std::vector<at::Tensor> infer(
     const at::Tensor& input, const std::vector<at::Tensor>& weights,
     const std::vector<at::Tensor>& biases, const std::vector<at::Tensor>& h0,
@@ -674,6 +752,8 @@ std::vector<at::Tensor> infer(
     const std::vector<at::Tensor>& noise, const std::vector<at::Tensor>& dropout,
     const at::Tensor& mask, const std::vector<int64_t>& rules, const std::vector<double>& params,
     const std::vector<int64_t>& sizes, bool skip_copy) {
+  check_inference_arguments(input, weights, biases, h0, c0, z0, noise, dropout, mask, rules,
+                            params, sizes);
   at::NoGradGuard no_grad;
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "hmrnn_fused_infer", [&] {

@@ -119,17 +119,16 @@ class HMRNN(nn.Module):
     ----------
     skip_copy_rows:
         ``True`` (default): when nothing is differentiated (``torch.no_grad()`` or
-        frozen weights), rows in COPY at a step compute only their boundary logit,
-        not their gates, the other rows share one matrix product, and a step
-        whose rows all FLUSH skips the forget gate (native CPU kernels only).
-        Measured at (64, 60, 512, 512) on one thread
-        (``benchmarks/hmrnn_sparsity.py``): 1.17× an ``nn.LSTM``'s inference at
-        a boundary rate of 10%, 1.41× at 30%, 1.65× at 60%, 1.47× at 100%,
-        against 1.6–1.7× without skipping. The skipped rows' logits are computed
-        as a dot product instead of a column of the product, so they agree with
-        training mode to float rounding (a boundary within rounding of its
-        threshold can come out otherwise); set ``False`` for bitwise the same
-        numbers as training mode.
+        frozen weights), each row of a step computes only what its operation
+        reads: a row in COPY only its boundary logit, and (native CPU kernels) a
+        row in FLUSH every gate but the forget gate. Measured at (64, 60, 512,
+        512) on one thread (``benchmarks/hmrnn_sparsity.py``): 0.99× an
+        ``nn.LSTM``'s inference at a boundary rate of 10%, 1.20× at 30%, 1.31× at
+        60%, 1.20× at 100%, against 1.5–1.6× without skipping. ``False``: every
+        row computes every gate. Either way inference agrees with training mode
+        to float rounding, not bitwise (the native kernel adds layer 1's input
+        product inside each step's, and a COPY row's logit is a dot product), so
+        a hard boundary within rounding of its threshold can come out otherwise.
 
     Notes
     -----
@@ -152,8 +151,10 @@ class HMRNN(nn.Module):
       hidden state through an :class:`~stochrnn.estimators.AdaptiveTemperature`,
       or a user's own).
 
-    Layer 1's input product is one matrix product over all steps in both; each
-    layer then does one product per step, its gated inputs side by side
+    Layer 1's input product is one matrix product over all steps in both (the
+    native inference kernel joins it to each step's instead, so that FLUSH rows
+    skip its forget-gate columns too); each layer then does one product per step,
+    its gated inputs side by side
     (``[z^{l-1}_t h^{l-1}_t, h^l_{t-1}, z^l_{t-1} h^{l+1}_{t-1}]``). Rows in COPY are
     never skipped when gradients are needed: with a pathwise estimator the blend
     needs every row's gates for the boundary's gradient.

@@ -468,6 +468,11 @@ def _native_kernels(inp: _Inputs, *more: Any) -> Any:
     return kernels if kernels.supported(tensors) else None
 
 
+_TRANSPOSE_ROWS = 192
+"""Steps × batch from which the native kernels copy the weights transposed (the
+inference kernel's ``kTransposeRows``)."""
+
+
 def _native_arguments(inp: _Inputs, cfg: SequenceConfig, weights: list[Tensor]) -> list[Any]:
     empty = inp.projected.new_empty(0)
     opt = [
@@ -492,7 +497,12 @@ def _native_arguments(inp: _Inputs, cfg: SequenceConfig, weights: list[Tensor]) 
 def _native_forward(kernels: Any, inp: _Inputs, cfg: SequenceConfig) -> _Outputs:
     """The native forward, saving every step's activations for the backward."""
     L = cfg.num_layers
-    weights_t = [w.t().contiguous() for w in inp.weights]
+    # (K, N) for the products: contiguous over many rows, where the copy pays for itself
+    # (a product of a few rows runs about a quarter faster on it); over few rows (a step
+    # at a time, say) a transposed view, read as it is
+    steps, batch = inp.projected.shape[:2]
+    many = steps * batch >= _TRANSPOSE_ROWS
+    weights_t = [w.t().contiguous() if many else w.t() for w in inp.weights]
     result = kernels.forward(*_native_arguments(inp, cfg, weights_t))
     out = _Outputs()
     out.hidden, out.z, out.logits = result[:3]

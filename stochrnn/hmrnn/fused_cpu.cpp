@@ -696,7 +696,7 @@ std::vector<at::Tensor> forward(
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(projected.scalar_type(), "hmrnn_fused_forward", [&] {
     out = forward_impl<scalar_t>(
-        projected.contiguous(), contiguous(weights_t), contiguous(biases), contiguous(h0),
+        projected.contiguous(), weights_t, contiguous(biases), contiguous(h0),
         contiguous(c0), contiguous(z0), contiguous(noise), contiguous(dropout), contiguous(mask),
         rules, params, sizes);
   });

@@ -119,6 +119,19 @@ def test_fused_equals_per_step_with_mask_dropout_and_time_major(use_native: bool
         assert_paths_agree(rnn, torch.randn(7, 4, 3), mask)
 
 
+@pytest.mark.parametrize("rows", [(4, 7), (8, 30)], ids=["weights-read-as-views", "weights-copied"])
+def test_fused_equals_per_step_below_and_above_the_transpose_threshold(
+    rows: tuple[int, int],
+) -> None:
+    """The native forward reads the weights through a transposed view over few rows and
+    copies them transposed over many (steps x batch >= 192): both give the per-step
+    path's outputs and gradients."""
+    torch.manual_seed(2)
+    rnn = HMRNN(3, [5, 4, 6], num_layers=3)
+    with native_kernels(True):
+        assert_paths_agree(rnn, torch.randn(*rows, 3))
+
+
 def test_fused_equals_per_step_with_one_and_two_layers() -> None:
     for layers in (1, 2):
         torch.manual_seed(layers)

@@ -29,6 +29,7 @@ __all__ = [
     "gumbel_sigmoid",
     "gumbel_softmax",
     "hard_sigmoid",
+    "logistic_from_uniform",
     "logistic_noise",
     "one_hot_argmax",
     "straight_through",
@@ -107,7 +108,25 @@ def logistic_noise(
     >>> bool(l.isfinite().all())
     True
     """
-    u = uniform_open(shape, device=device, generator=generator)
+    u = torch.rand(shape, device=device, dtype=torch.float32, generator=generator)
+    return logistic_from_uniform(u)
+
+
+def logistic_from_uniform(u: Tensor, eps: float = UNIFORM_EPS) -> Tensor:
+    r"""Logistic noise from float32 uniform draws ``u``: :math:`\log u - \log(1-u)`, ``u``
+    first clamped to ``[eps, 1 - eps]`` (:func:`logistic_noise` is this of ``torch.rand``).
+
+    Elementwise, so uniforms drawn a step at a time and turned into noise at once give
+    the same noise as :func:`logistic_noise` drawn a step at a time.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> u = torch.rand(5, generator=g)
+    >>> torch.equal(logistic_from_uniform(u), logistic_noise((5,), generator=g.manual_seed(0)))
+    True
+    """
+    u = u.clamp(eps, 1.0 - eps)
     return torch.log(u) - torch.log1p(-u)
 
 

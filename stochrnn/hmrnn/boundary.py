@@ -59,7 +59,10 @@ class RuleKind(IntEnum):
 class BoundaryRule:
     """One layer's boundary detector as closed forms.
 
-    ``draw(shape, device, generator)`` draws the noise (or ``None``);
+    ``draw(shape, device, generator)`` draws the uniforms the noise is made from (or
+    ``None``), ``noise(u)`` turns them into the noise, elementwise (so the fused
+    sequence draws them step by step, in the per-step path's order, and turns them
+    all into noise at once);
     ``value(a, noise)`` the boundary, differentiable in ``a`` under autograd;
     ``derivatives(a, noise, value)`` returns :math:`\\partial v/\\partial a` and
     :math:`\\partial \\log p / \\partial a`; ``log_prob(a, value)`` the
@@ -74,6 +77,7 @@ class BoundaryRule:
     log_prob: Callable[[Tensor, Tensor], Tensor]
     kind: RuleKind
     param: Callable[[], float] = lambda: 0.0
+    noise: Callable[[Tensor], Tensor] = lambda u: u
 
 
 def _compute(a: Tensor) -> Tensor:
@@ -81,7 +85,8 @@ def _compute(a: Tensor) -> Tensor:
 
 
 def _logistic(shape: torch.Size, device: torch.device, generator: torch.Generator | None) -> Tensor:
-    return F.logistic_noise(shape, device=device, generator=generator)
+    """The float32 uniforms of :func:`~stochrnn.functional.logistic_noise`."""
+    return torch.rand(shape, device=device, dtype=torch.float32, generator=generator)
 
 
 def _uniform(shape: torch.Size, device: torch.device, generator: torch.Generator | None) -> Tensor:
@@ -125,6 +130,7 @@ def _gumbel_rule(tau: Tensor, hard: bool) -> BoundaryRule:
         _bernoulli_log_prob,
         RuleKind.GUMBEL_HARD if hard else RuleKind.GUMBEL_RELAXED,
         lambda: float(tau),
+        F.logistic_from_uniform,
     )
 
 
@@ -162,7 +168,14 @@ def _reinforce_rule() -> BoundaryRule:
     def derivatives(a: Tensor, noise: Tensor | None, v: Tensor) -> tuple[Tensor, Tensor]:
         return torch.zeros_like(a), _bernoulli_score(a, v)
 
-    return BoundaryRule(_logistic, value, derivatives, _bernoulli_log_prob, RuleKind.REINFORCE)
+    return BoundaryRule(
+        _logistic,
+        value,
+        derivatives,
+        _bernoulli_log_prob,
+        RuleKind.REINFORCE,
+        noise=F.logistic_from_uniform,
+    )
 
 
 def _mode_rule(est: Any) -> BoundaryRule:

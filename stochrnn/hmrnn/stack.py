@@ -486,7 +486,7 @@ class HMRNN(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, HMRNNState]:
         num_steps, batch = steps_first.shape[:2]
         L = self.num_layers
-        noise: list[list[Tensor]] = [[] for _ in range(L)]
+        uniforms: list[list[Tensor]] = [[] for _ in range(L)]
         dropout: list[list[Tensor]] = [[] for _ in range(L)]
         drops = self.training and self.dropout > 0
         shape = torch.Size((batch,))
@@ -497,7 +497,7 @@ class HMRNN(nn.Module):
                     dropout[l].append(F.dropout(ones, self.dropout, True))
                 drawn = rule.draw(shape, steps_first.device, generator)
                 if drawn is not None:
-                    noise[l].append(drawn)
+                    uniforms[l].append(drawn)
         # layer 1 reads the input itself (its product inside the steps'), for inference
         raw = _Inputs(
             projected=steps_first,
@@ -506,7 +506,10 @@ class HMRNN(nn.Module):
             h0=list(state.h),
             c0=list(state.c),
             z0=list(state.z),
-            noise=[torch.stack(n) if n else None for n in noise],
+            noise=[
+                rule.noise(torch.stack(u)) if u else None
+                for rule, u in zip(config.rules, uniforms, strict=True)
+            ],
             dropout=[torch.stack(d) if d else None for d in dropout],
             mask=mask,
         )

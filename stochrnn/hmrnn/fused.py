@@ -604,6 +604,9 @@ class FusedSequence(torch.autograd.Function):
         ctx.cfg = cfg
         intermediates = output[3 + L :]
         ctx.mark_non_differentiable(*intermediates)
+        # the gradients of unused outputs stay None: the intermediates' would otherwise be
+        # filled with zeros, (T, B, 4H + 1) per layer, and never read
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(*flat, *output[:3], *intermediates)
 
     @staticmethod

@@ -368,8 +368,8 @@ std::vector<at::Tensor> infer_impl(
         if (transposed) {
           at::mm_out(out, u[l].narrow(0, 0, rows), weights_t[l].narrow(1, c0, n));
         } else {
-          at::addmm_out(out, biases[l].narrow(0, c0, n), u[l].narrow(0, 0, rows).narrow(1, 0, K - 1),
-                        weights[l].narrow(0, c0, n).t());
+          const at::Tensor x = u[l].narrow(0, 0, rows).narrow(1, 0, K - 1);  // without the 1
+          at::addmm_out(out, biases[l].narrow(0, c0, n), x, weights[l].narrow(0, c0, n).t());
         }
       };
       if (n_active > 0) {
@@ -407,12 +407,11 @@ std::vector<at::Tensor> infer_impl(
       T* tn = tanh_new[l].data_ptr<T>();
       for (int64_t r = 0; r < n_active; ++r) {
         const int64_t b = order[r];
-        const T zp = st.prev_z(l, t, b), zb = st.below_z(l, t, b);
         const T* pr = pp + r * N;
         const T* cr = cs + b * H;
         T* cnr = cn + r * H;
         const T *i = pr + at_.i, *f = pr + at_.f, *g = pr + at_.g;
-        if (zp == T(1)) {
+        if (st.prev_z(l, t, b) == T(1)) {
           for (int64_t k = 0; k < H; ++k) cnr[k] = i[k] * g[k];
         } else {
           for (int64_t k = 0; k < H; ++k) cnr[k] = i[k] * g[k] + f[k] * cr[k];
@@ -448,7 +447,7 @@ std::vector<at::Tensor> infer_impl(
             cr[k] = cnr[k];
             hn[k] = o[k] * tnr[k];
           }
-        } else {  // soft boundaries: flush·F + update·U + copy·C
+        } else {  // soft boundaries, or a COPY row in full: flush·F + update·U + copy·C
           const T flush = zp, update = (T(1) - zp) * zb, copy = (T(1) - zp) * (T(1) - zb);
           for (int64_t k = 0; k < H; ++k) {
             const T cf = i[k] * g[k];

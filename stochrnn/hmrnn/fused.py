@@ -468,19 +468,14 @@ def _native_kernels(inp: _Inputs, *more: Any) -> Any:
     return kernels if kernels.supported(tensors) else None
 
 
-_TRANSPOSE_ROWS = 192
-"""Steps × batch from which the native kernels copy the weights transposed (the
-inference kernel's ``kTransposeRows``)."""
-
-
-def _native_arguments(inp: _Inputs, cfg: SequenceConfig, weights: list[Tensor]) -> list[Any]:
+def _native_arguments(inp: _Inputs, cfg: SequenceConfig) -> list[Any]:
     empty = inp.projected.new_empty(0)
     opt = [
         [empty if t is None else t for t in group] for group in (inp.biases, inp.noise, inp.dropout)
     ]
     return [
         inp.projected,
-        weights,
+        list(inp.weights),
         opt[0],
         inp.h0,
         inp.c0,
@@ -497,13 +492,7 @@ def _native_arguments(inp: _Inputs, cfg: SequenceConfig, weights: list[Tensor]) 
 def _native_forward(kernels: Any, inp: _Inputs, cfg: SequenceConfig) -> _Outputs:
     """The native forward, saving every step's activations for the backward."""
     L = cfg.num_layers
-    # (K, N) for the products: contiguous over many rows, where the copy pays for itself
-    # (a product of a few rows runs about a quarter faster on it); over few rows (a step
-    # at a time, say) a transposed view, read as it is
-    steps, batch = inp.projected.shape[:2]
-    many = steps * batch >= _TRANSPOSE_ROWS
-    weights_t = [w.t().contiguous() if many else w.t() for w in inp.weights]
-    result = kernels.forward(*_native_arguments(inp, cfg, weights_t))
+    result = kernels.forward(*_native_arguments(inp, cfg))
     out = _Outputs()
     out.hidden, out.z, out.logits = result[:3]
     out.cells = list(result[3 : 3 + L])
@@ -515,7 +504,7 @@ def _native_forward(kernels: Any, inp: _Inputs, cfg: SequenceConfig) -> _Outputs
 def _native_inference(kernels: Any, inp: _Inputs, cfg: SequenceConfig) -> _Outputs:
     """The native forward without autograd: each row's gate work only where its operation
     reads it (``cfg.skip_copy``), and only the state is kept."""
-    result = kernels.infer(*_native_arguments(inp, cfg, list(inp.weights)), cfg.skip_copy)
+    result = kernels.infer(*_native_arguments(inp, cfg), cfg.skip_copy)
     out = _Outputs()
     out.hidden, out.z, out.logits = result[:3]
     out.cells = list(result[3:])

@@ -283,6 +283,7 @@ void inference_weight(const at::Tensor& w, const at::Tensor& bias, at::Tensor& o
 // about a quarter faster on that layout, and FLUSH rows read one block. Over few rows
 // (a step at a time, say), as they are: copying them would cost more than it saves
 // (measured: the two break even between 64 and 256 rows, at hidden sizes 64 and 512).
+// The training forward copies them transposed (not reordered) from as many rows.
 constexpr int64_t kTransposeRows = 192;
 
 // Where each gate's columns start in a layer's pre-activation row, for one layout.
@@ -685,13 +686,18 @@ bool supported(const std::vector<at::Tensor>& tensors) {
 }
 
 std::vector<at::Tensor> forward(
-    const at::Tensor& projected, const std::vector<at::Tensor>& weights_t,
+    const at::Tensor& projected, const std::vector<at::Tensor>& weights,
     const std::vector<at::Tensor>& biases, const std::vector<at::Tensor>& h0,
     const std::vector<at::Tensor>& c0, const std::vector<at::Tensor>& z0,
     const std::vector<at::Tensor>& noise, const std::vector<at::Tensor>& dropout,
     const at::Tensor& mask, const std::vector<int64_t>& rules, const std::vector<double>& params,
     const std::vector<int64_t>& sizes) {
   at::NoGradGuard no_grad;
+  // (K, N) for the products: over many rows copied contiguous (kTransposeRows: the copy
+  // pays for itself), over few a transposed view of the (N, K) weights
+  const bool many = projected.size(0) * projected.size(1) >= kTransposeRows;
+  std::vector<at::Tensor> weights_t;
+  for (const auto& w : weights) weights_t.push_back(many ? w.t().contiguous() : w.t());
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(projected.scalar_type(), "hmrnn_fused_forward", [&] {
     out = forward_impl<scalar_t>(

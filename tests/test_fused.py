@@ -182,6 +182,28 @@ def test_gradcheck_of_the_fused_sequence_float64() -> None:
     assert torch.autograd.gradcheck(f, (x, *params), atol=1e-6)
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("use_native", [True, False], ids=["native", "pytorch"])
+def test_nan_logits_raise_on_the_fused_paths_as_on_the_per_step_path(
+    use_native: bool, grad: bool
+) -> None:
+    """A NaN input makes NaN boundary logits: every path raises (a boundary compared with
+    NaN would read 0), unless the estimators are told not to validate."""
+    torch.manual_seed(7)
+    x = torch.randn(3, 6, 4)
+    x[1, 4, 2] = float("nan")
+    for fused in (True, False):
+        rnn = HMRNN(4, 5, num_layers=2)
+        rnn.fused = fused
+        with native_kernels(use_native), torch.set_grad_enabled(grad):
+            with pytest.raises(ValueError, match="GumbelSigmoid got NaN logits"):
+                rnn(x)
+            for est in rnn.boundaries:
+                est.validate_args = False
+            out = rnn(x)
+        assert out.output[1, 4:].isnan().all() and not out.output[:, :4].isnan().any()
+
+
 def test_estimators_without_a_closed_form_take_the_per_step_path() -> None:
     """An adaptive temperature reads h, a user's estimator is a module: both run per step."""
     rnn = HMRNN(3, 4, num_layers=2, boundary=GumbelSigmoid(AdaptiveTemperature(4)))
@@ -273,6 +295,23 @@ def test_native_inference_equals_the_per_step_path(case: str, steps: int) -> Non
     if logit is None and skip:
         z = reference.boundaries
         assert 0 < float((z == 1).double().mean()) < 1 or case == "soft"
+
+
+@pytest.mark.parametrize("logit", [None, 30.0], ids=["soft", "all-flush"])
+def test_native_inference_in_float32_over_the_transposed_layout(logit: float | None) -> None:
+    """The transposed copy of the weights in float32 (the other tests run float64), at odd
+    sizes: the inference kernel agrees with the per-step path to float32 rounding."""
+    torch.manual_seed(12)
+    boundary = GumbelSigmoid(0.7, hard=False) if logit is None else GumbelSigmoid(0.3)
+    rnn = _forced(HMRNN(5, [7, 9, 6], num_layers=3, boundary=boundary), logit)
+    x = torch.randn(8, 30, 5)  # 240 rows: the transposed layout
+    outs = []
+    with native_kernels(True), torch.no_grad():
+        for fused in (True, False):
+            rnn.fused = fused
+            outs.append(rnn(x, generator=torch.Generator().manual_seed(4)))
+    torch.testing.assert_close(outs[0].boundaries, outs[1].boundaries, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[0].output, outs[1].output, atol=1e-5, rtol=1e-5)
 
 
 BOUNDARY_MAKERS: list[Callable[[], Any]] = [

@@ -480,6 +480,10 @@ def test_initial_state_and_detach() -> None:
     assert all(t.grad_fn is None for t in out.state.detach().h)
 
 
+def _with_z(state: HMRNNState, dtype: torch.dtype) -> HMRNNState:
+    return state._replace(z=tuple(z.to(dtype) for z in state.z))
+
+
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
@@ -510,6 +514,16 @@ def test_initial_state_and_detach() -> None:
         (lambda r: r(torch.randn(2, 0, 3)), ValueError, r"no time steps: shape \(2, 0, 3\)"),
         (lambda r: r.step(torch.randn(2, 4)), ValueError, r"\(B, input\)"),
         (lambda r: r.step(torch.randn(2, 3), r.initial_state(1)), ValueError, "expected shape"),
+        (
+            lambda r: r(torch.randn(2, 4, 3), state=r.initial_state(2, dtype=torch.float64)),
+            TypeError,
+            r"state.h\[0\] has dtype torch.float64 but x has torch.float32",
+        ),
+        (
+            lambda r: r.step(torch.randn(2, 3), _with_z(r.initial_state(2), torch.bool)),
+            TypeError,
+            r"state.z\[0\] has dtype torch.bool but x has torch.float32",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error(call: Any, error: type[Exception], message: str) -> None:

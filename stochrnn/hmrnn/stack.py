@@ -319,7 +319,7 @@ class HMRNN(nn.Module):
             tuple(torch.zeros(batch_size, device=device, dtype=dtype) for _ in zeros),
         )
 
-    def _check_state(self, state: HMRNNState, batch_size: int) -> None:
+    def _check_state(self, state: HMRNNState, batch_size: int, x: Tensor) -> None:
         if not isinstance(state, tuple) or len(state) != 3:
             raise ValueError(f"state must be an HMRNNState(h, c, z), got {type(state).__name__}")
         for name, tensors in zip(("h", "c", "z"), state, strict=True):
@@ -333,6 +333,15 @@ class HMRNN(nn.Module):
                 if tuple(tensor.shape) != expected:
                     raise ValueError(
                         f"state.{name}[{l}] expected shape {expected}, got {tuple(tensor.shape)}"
+                    )
+                if tensor.device != x.device:
+                    raise ValueError(
+                        f"state.{name}[{l}] is on {tensor.device} but x is on {x.device}"
+                    )
+                if tensor.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+                    raise TypeError(
+                        f"state.{name}[{l}] has dtype {tensor.dtype} but x has {x.dtype}: "
+                        f"convert the state (boundaries too: z is 0/1 in x's dtype)"
                     )
 
     # ------------------------------------------------------------------ running
@@ -530,6 +539,7 @@ class HMRNN(nn.Module):
         else:
             out = run_inference(raw, replace(config, skip_copy=self.skip_copy_rows))
             hidden, z, logits, cells = out.hidden, out.z, out.logits, out.cells
+        self._check_logits(logits)
         log_prob = torch.stack(
             [rule.log_prob(logits[..., l], z[..., l]) for l, rule in enumerate(config.rules)],
             dim=-1,
@@ -540,6 +550,19 @@ class HMRNN(nn.Module):
             tuple(z[-1].unbind(-1)),
         )
         return hidden, z, logits, log_prob, last
+
+    def _check_logits(self, logits: Tensor) -> None:
+        """The per-step path's check, after a fused run: each estimator that validates its
+        logits (on the CPU by default; see ``validate_args``) raises on a NaN one, instead
+        of the boundary silently reading 0 (every comparison with NaN is false)."""
+        for l, est in enumerate(self.boundaries):
+            layer = logits[..., l]
+            if est._should_validate(layer) and bool(torch.isnan(layer).any()):
+                step = int(torch.isnan(layer).any(dim=1).nonzero()[0])
+                raise ValueError(
+                    f"{type(est).__name__} got NaN logits (shape {tuple(layer.shape[1:])}) in "
+                    f"layer {l + 1} at step {step}"
+                )
 
     def forward(
         self,
@@ -581,7 +604,7 @@ class HMRNN(nn.Module):
         if state is None:
             state = self.initial_state(batch_size, x.device, x.dtype)
         else:
-            self._check_state(state, batch_size)
+            self._check_state(state, batch_size, x)
         hidden, z, logits, log_prob, last = self._run(steps_first, state, mask, generator)
         if mask is not None:
             steps = mask.unsqueeze(-1)  # (T, B, 1)
@@ -621,7 +644,7 @@ class HMRNN(nn.Module):
         if state is None:
             state = self.initial_state(x_t.shape[0], x_t.device, x_t.dtype)
         else:
-            self._check_state(state, x_t.shape[0])
+            self._check_state(state, x_t.shape[0], x_t)
         hidden, _, _, _, state = self._run(x_t.unsqueeze(0), state, None, generator)
         return self._readout(hidden[0]), state
 

@@ -555,14 +555,20 @@ class HMRNN(nn.Module):
         """The per-step path's check, after a fused run: each estimator that validates its
         logits (on the CPU by default; see ``validate_args``) raises on a NaN one, instead
         of the boundary silently reading 0 (every comparison with NaN is false)."""
-        for l, est in enumerate(self.boundaries):
-            layer = logits[..., l]
-            if est._should_validate(layer) and bool(torch.isnan(layer).any()):
-                step = int(torch.isnan(layer).any(dim=1).nonzero()[0])
-                raise ValueError(
-                    f"{type(est).__name__} got NaN logits (shape {tuple(layer.shape[1:])}) in "
-                    f"layer {l + 1} at step {step}"
-                )
+        layers = [l for l, est in enumerate(self.boundaries) if est._should_validate(logits)]
+        if not layers:
+            return
+        try:
+            first = torch.isnan(logits[..., layers]).any(dim=1).nonzero()[:1].tolist()
+        except RuntimeError:  # under torch.func.vmap, which refuses data-dependent checks
+            return
+        if first:
+            step, index = first[0]
+            est = self.boundaries[layers[index]]
+            raise ValueError(
+                f"{type(est).__name__} got NaN logits (shape {tuple(logits.shape[1:2])}) in "
+                f"layer {layers[index] + 1} at step {step}"
+            )
 
     def forward(
         self,

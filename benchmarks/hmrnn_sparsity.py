@@ -3,12 +3,26 @@
 Under ``torch.no_grad()`` with hard boundaries, rows in COPY (the layer's own
 boundary at ``t-1`` and the one below at ``t`` both 0) keep their state, so the
 fused step computes only their boundary logit (one dot product) instead of the
-whole gate product, and rows in FLUSH skip the forget gate's columns. Here every
-layer's boundary is forced to fire at a chosen rate ``r`` (the boundary row of the
-weights set to 0, its bias to ``logit(r)``, Gumbel-sigmoid draws), so every layer
-FLUSHes on a share ``r`` of its steps and layers 2..L COPY on ``(1 - r)²``. Each
-rate is timed with the skipping on and off (``HMRNN.skip_copy_rows``), in one
-process beside the LSTM, in alternation.
+whole gate product, and rows in FLUSH skip the forget gate's columns. The
+boundaries are forced to fire at chosen rates (a layer's boundary row of the
+weights set to 0, its bias to ``logit(r)``, Gumbel-sigmoid draws), in two
+scenarios:
+
+* ``layer 1``: layer 1 fires at rate ``r``, the layers above at a fixed rate
+  (``--upper-rate``, 30%: where trained models with the library's defaults
+  settle on real data). Layer 2 then receives input (UPDATE) on a share ``r``
+  of the steps on which it does not FLUSH, and COPYs on the rest: the HM-RNN
+  paper's computational argument.
+* ``every layer``: every layer fires at rate ``r``, so every layer FLUSHes on a
+  share ``r`` of its steps and layers 2..L COPY on ``(1 - r)²``. Here the work
+  is flat from 60% to 100% (FLUSH rows are cheaper than UPDATE rows, and at
+  100% every row FLUSHes): the forget gate's weights, read for the UPDATE rows
+  at 60%, are not read at all at 100%.
+
+Each rate is timed with the skipping on and off (``HMRNN.skip_copy_rows``), in
+one process beside the LSTM, in alternation. Two models of the cost go beside
+the times: the products' multiply-adds and the weights read per step, each over
+the LSTM's.
 
 Example (from the repository root)::
 
@@ -29,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,37 +51,72 @@ from stochrnn import HMRNN
 from stochrnn.hmrnn import native
 
 RATES = (0.1, 0.3, 0.6, 1.0)
+SCENARIOS = ("layer 1", "every layer")
 
 
-def forced_rate(rnn: HMRNN, rate: float) -> None:
-    """Every layer's boundary fires with probability ``rate`` whatever its input."""
-    logit = 30.0 if rate >= 1.0 else math.log(rate / (1.0 - rate))
+def forced_rates(rnn: HMRNN, rates: list[float]) -> None:
+    """Layer ``l``'s boundary fires with probability ``rates[l]`` whatever its input."""
     with torch.no_grad():
-        for cell in rnn.layers:
+        for cell, rate in zip(rnn.layers, rates, strict=True):
             cell.weight[-1].zero_()
-            cell.bias[-1] = logit
+            cell.bias[-1] = 30.0 if rate >= 1.0 else math.log(rate / (1.0 - rate))
 
 
-def product_work(rnn: HMRNN, boundaries: torch.Tensor, inputs: int) -> float:
+def _operations(rnn: HMRNN, boundaries: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Per layer, the (T, B) masks of its FLUSH, COPY and full (UPDATE) rows."""
+    z = boundaries.transpose(0, 1)  # (T, B, L)
+    prev = torch.cat([torch.zeros_like(z[:1]), z[:-1]])  # each layer's boundary at t-1
+    masks = []
+    for l in range(len(rnn.hidden_sizes)):
+        below = torch.ones_like(z[..., 0]) if l == 0 else z[..., l - 1]
+        flush = prev[..., l] == 1
+        copy = (prev[..., l] == 0) & (below == 0)
+        masks.append((flush, copy, ~flush & ~copy))
+    return masks
+
+
+def _widths(rnn: HMRNN, inputs: int) -> list[tuple[int, int, int]]:
+    """Per layer: its hidden size, the width of what it reads from below (the input or
+    the layer below) and from above (0 for the top layer)."""
+    sizes = list(rnn.hidden_sizes)
+    return [
+        (hidden, inputs if l == 0 else sizes[l - 1], sizes[l + 1] if l + 1 < len(sizes) else 0)
+        for l, hidden in enumerate(sizes)
+    ]
+
+
+def product_work(rnn: HMRNN, boundaries: Tensor, inputs: int) -> float:
     """Multiply-adds of the gate products with the native kernel's skipping, over those of
     ``nn.LSTM`` of the same sizes: per layer and step, a row not in COPY or FLUSH reads
     all ``4H + 1`` columns of its ``(K + 1)``-row weights, a FLUSH row all but the forget
     gate's ``H``, a COPY row one dot product of ``H``."""
-    z = boundaries.transpose(0, 1)  # (T, B, L)
-    prev = torch.cat([torch.zeros_like(z[:1]), z[:-1]])  # each layer's boundary at t-1
     work = lstm = 0.0
-    sizes = list(rnn.hidden_sizes)
-    for l, hidden in enumerate(sizes):
-        width = (inputs if l == 0 else sizes[l - 1]) + hidden
-        depth = width + (sizes[l + 1] if l + 1 < len(sizes) else 0) + 1
-        below = torch.ones_like(z[..., 0]) if l == 0 else z[..., l - 1]
-        flush = prev[..., l] == 1
-        copy = (prev[..., l] == 0) & (below == 0)
-        full = ~flush & ~copy
+    for (flush, copy, full), (hidden, below, above) in zip(
+        _operations(rnn, boundaries), _widths(rnn, inputs), strict=True
+    ):
+        depth = below + hidden + above + 1
         work += depth * (4 * hidden + 1) * float(full.sum())
         work += depth * (3 * hidden + 1) * float(flush.sum()) + hidden * float(copy.sum())
-        lstm += width * 4 * hidden * z[..., 0].numel()
+        lstm += (below + hidden) * 4 * hidden * flush.numel()
     return work / lstm
+
+
+def weights_read(rnn: HMRNN, boundaries: Tensor, inputs: int) -> float:
+    """Weights read by the gate products, over ``nn.LSTM``'s: its recurrent ``4H x H`` at
+    every step, its input weights once (its input product runs over all steps at once).
+    Per layer and step the kernel reads the ``[i, o, g, logit]`` block if a row is not in
+    COPY, the forget gate's block if a row is in neither COPY nor FLUSH, and the logit's
+    recurrent weights if a row is in COPY."""
+    read = lstm = 0.0
+    for (flush, copy, full), (hidden, below, above) in zip(
+        _operations(rnn, boundaries), _widths(rnn, inputs), strict=True
+    ):
+        depth = below + hidden + above + 1
+        read += depth * (3 * hidden + 1) * float((flush | full).any(dim=1).sum())
+        read += depth * hidden * float(full.any(dim=1).sum())
+        read += hidden * float(copy.any(dim=1).sum())
+        lstm += flush.shape[0] * 4 * hidden * hidden + 4 * hidden * below
+    return read / lstm
 
 
 def timed(fn: Any) -> float:
@@ -82,8 +132,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--size", default="64,60,512,512,3", help="B,T,input,hidden,layers")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--upper-rate",
+        type=float,
+        default=0.3,
+        help="the firing rate of layers 2..L in the 'layer 1' scenario",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
+    if not 0.0 < args.upper_rate <= 1.0:
+        parser.error(f"--upper-rate must be in (0, 1], got {args.upper_rate}")
     if args.threads:
         torch.set_num_threads(args.threads)
     batch, steps, inputs, hidden, layers = (int(v) for v in args.size.split(","))
@@ -97,38 +155,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for _ in range(2):
             lstm(x)
             rnn(x)
-        for rate in RATES:
-            forced_rate(rnn, rate)
-            rnn.skip_copy_rows = True
-            boundaries = rnn(x).boundaries
-            copy = 1.0 - (boundaries[..., :-1] > 0).float().mean().item()
-            work = product_work(rnn, boundaries, inputs)
-            times: dict[str, list[float]] = {"lstm": [], "skip": [], "full": []}
-            for _ in range(args.repeats):  # alternate, so that load hits all alike
-                times["lstm"].append(timed(lambda: lstm(x)))
+        for scenario in SCENARIOS:
+            for rate in RATES:
+                upper = rate if scenario == "every layer" else args.upper_rate
+                forced_rates(rnn, [rate] + [upper] * (layers - 1))
                 rnn.skip_copy_rows = True
-                times["skip"].append(timed(lambda: rnn(x)))
-                rnn.skip_copy_rows = False
-                times["full"].append(timed(lambda: rnn(x)))
-            median = {k: statistics.median(v) for k, v in times.items()}
-            row = {
-                "rate": rate,
-                "copy_share_layers_2_to_L": (1.0 - rate) ** 2,
-                "boundary_zero_share_measured": copy,
-                "product_work_over_lstm": work,
-                "lstm_s": median["lstm"],
-                "hmrnn_skip_s": median["skip"],
-                "hmrnn_full_s": median["full"],
-                "skip_over_lstm": median["skip"] / median["lstm"],
-                "full_over_lstm": median["full"] / median["lstm"],
-            }
-            rows.append(row)
-            print(
-                f"rate {rate:.1f}: lstm {row['lstm_s']:.3f} CPU s, hmrnn skipping "
-                f"{row['hmrnn_skip_s']:.3f} s (x{row['skip_over_lstm']:.2f}), not skipping "
-                f"{row['hmrnn_full_s']:.3f} s (x{row['full_over_lstm']:.2f})",
-                flush=True,
-            )
+                boundaries = rnn(x).boundaries
+                operations = _operations(rnn, boundaries)
+                copy = sum(float(c.float().mean()) for _, c, _ in operations[1:])
+                times: dict[str, list[float]] = {"lstm": [], "skip": [], "full": []}
+                for _ in range(args.repeats):  # alternate, so that load hits all alike
+                    times["lstm"].append(timed(lambda: lstm(x)))
+                    rnn.skip_copy_rows = True
+                    times["skip"].append(timed(lambda: rnn(x)))
+                    rnn.skip_copy_rows = False
+                    times["full"].append(timed(lambda: rnn(x)))
+                median = {k: statistics.median(v) for k, v in times.items()}
+                row = {
+                    "scenario": scenario,
+                    "rate": rate,
+                    "upper_rate": upper,
+                    "copy_share_layers_2_to_L": copy / max(1, layers - 1),
+                    "product_work_over_lstm": product_work(rnn, boundaries, inputs),
+                    "weights_read_over_lstm": weights_read(rnn, boundaries, inputs),
+                    "lstm_s": median["lstm"],
+                    "hmrnn_skip_s": median["skip"],
+                    "hmrnn_full_s": median["full"],
+                    "skip_over_lstm": median["skip"] / median["lstm"],
+                    "full_over_lstm": median["full"] / median["lstm"],
+                }
+                rows.append(row)
+                print(
+                    f"{scenario}, rate {rate:.1f}: lstm {row['lstm_s']:.3f} CPU s, hmrnn "
+                    f"skipping {row['hmrnn_skip_s']:.3f} s (x{row['skip_over_lstm']:.2f}), "
+                    f"not skipping {row['hmrnn_full_s']:.3f} s (x{row['full_over_lstm']:.2f})",
+                    flush=True,
+                )
     report = {
         "size": {"batch": batch, "steps": steps, "input": inputs, "hidden": hidden},
         "layers": layers,
@@ -138,36 +200,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": " ".join(["python", "benchmarks/hmrnn_sparsity.py", *(argv or sys.argv[1:])]),
         "rows": rows,
     }
+    write_report(report, args.repeats, args.out)
+    return report
+
+
+def write_report(report: dict[str, Any], repeats: int, out: Path) -> None:
+    size = report["size"]
     lines = [
-        f"# HMRNN inference against the boundary rate (B={batch}, T={steps}, in={inputs}, "
-        f"hidden={hidden}, {layers} layers)",
+        f"# HMRNN inference against the boundary rate (B={size['batch']}, T={size['steps']}, "
+        f"in={size['input']}, hidden={size['hidden']}, {report['layers']} layers)",
         "",
         f"torch {report['torch']}, {report['threads']} threads, process CPU time, median of "
-        f"{args.repeats}, under `torch.no_grad()`; command: `{report['command']}`",
+        f"{repeats}, under `torch.no_grad()`; command: `{report['command']}`",
         "",
-        "| boundary rate | COPY share of layers 2..L | products' work / LSTM's | nn.LSTM s "
-        "| HMRNN s (work skipped) "
+        "Scenarios: `layer 1` fires at the rate, the layers above at the rate in brackets; "
+        "`every layer` fires at the rate. Work: the gate products' multiply-adds over "
+        "`nn.LSTM`'s; weights read: the weights the products read over `nn.LSTM`'s "
+        "(`weights_read` in the script).",
+        "",
+        "| scenario | boundary rate | COPY share of layers 2..L | products' work / LSTM's "
+        "| weights read / LSTM's | nn.LSTM s | HMRNN s (work skipped) "
         "| ratio | HMRNN s (nothing skipped) | ratio |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in report["rows"]:
+        scenario = r["scenario"]
+        if scenario == "layer 1":
+            scenario += f" (above: {r['upper_rate']:.0%})"
         lines.append(
-            f"| {r['rate']:.0%} | {r['copy_share_layers_2_to_L']:.2f} "
-            f"| {r['product_work_over_lstm']:.2f} | {r['lstm_s']:.3f} "
-            f"| {r['hmrnn_skip_s']:.3f} | {r['skip_over_lstm']:.2f} | {r['hmrnn_full_s']:.3f} "
-            f"| {r['full_over_lstm']:.2f} |"
+            f"| {scenario} | {r['rate']:.0%} | {r['copy_share_layers_2_to_L']:.2f} "
+            f"| {r['product_work_over_lstm']:.2f} | {r['weights_read_over_lstm']:.2f} "
+            f"| {r['lstm_s']:.3f} | {r['hmrnn_skip_s']:.3f} | {r['skip_over_lstm']:.2f} "
+            f"| {r['hmrnn_full_s']:.3f} | {r['full_over_lstm']:.2f} |"
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"hmrnn_sparsity_cpu-{report['threads']}-threads"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"hmrnn_sparsity_cpu-{report['threads']}-threads"
     for suffix, text in (
         (".json", json.dumps(report, indent=2) + "\n"),
         (".md", "\n".join(lines) + "\n"),
     ):
-        with tempfile.NamedTemporaryFile("w", dir=args.out, delete=False, suffix=".tmp") as tmp:
+        with tempfile.NamedTemporaryFile("w", dir=out, delete=False, suffix=".tmp") as tmp:
             tmp.write(text)
         os.replace(tmp.name, stem.with_suffix(suffix))
     print(f"wrote {stem}.json and .md")
-    return report
 
 
 if __name__ == "__main__":

@@ -122,9 +122,10 @@ class HMRNN(nn.Module):
         frozen weights), each row of a step computes only what its operation
         reads: a row in COPY only its boundary logit, and (native CPU kernels) a
         row in FLUSH every gate but the forget gate. Measured at (64, 60, 512,
-        512) on one thread (``benchmarks/hmrnn_sparsity.py``): 1.00× an
-        ``nn.LSTM``'s inference at a boundary rate of 10%, 1.16× at 30%, 1.31× at
-        60%, 1.19× at 100%, against 1.5–1.6× without skipping. ``False``: every
+        512) on one thread (``benchmarks/hmrnn_sparsity.py``), layer 1's boundary
+        forced to fire at 10%, 30%, 60%, 100% and the layers above at 30%: 1.08×,
+        1.13×, 1.16×, 1.21× an ``nn.LSTM``'s inference (every layer at 100%:
+        1.17×), against about 1.5× without skipping. ``False``: every
         row computes every gate. Either way inference agrees with training mode
         to float rounding, not bitwise (the native kernel adds layer 1's input
         product inside each step's, and a COPY row's logit is a dot product), so

@@ -3,8 +3,9 @@
 Under ``torch.no_grad()`` with hard boundaries, rows in COPY (the layer's own
 boundary at ``t-1`` and the one below at ``t`` both 0) keep their state, so the
 fused step computes only their boundary logit (one dot product) instead of the
-whole gate product, and rows in FLUSH skip the forget gate's columns. The
-boundaries are forced to fire at chosen rates (a layer's boundary row of the
+whole gate product; rows in FLUSH skip the forget gate's columns, and rows in
+UPDATE below the top layer the weights that multiply the (zero) input from the
+layer above. The boundaries are forced to fire at chosen rates (a layer's boundary row of the
 weights set to 0, its bias to ``logit(r)``, Gumbel-sigmoid draws), in two
 scenarios:
 
@@ -62,16 +63,31 @@ def forced_rates(rnn: HMRNN, rates: list[float]) -> None:
             cell.bias[-1] = 30.0 if rate >= 1.0 else math.log(rate / (1.0 - rate))
 
 
-def _operations(rnn: HMRNN, boundaries: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """Per layer, the (T, B) masks of its FLUSH, COPY and full (UPDATE) rows."""
+def _operations(rnn: HMRNN, boundaries: Tensor) -> list[dict[str, Tensor]]:
+    """Per layer, the (T, B) masks of its rows by what the native inference kernel computes
+    for them: ``flush`` (its own boundary fired at ``t-1``), ``copy`` (neither it nor the one
+    below), ``update`` (the one below fired, it did not; below the top layer: these read
+    the weights without the layer above's part, whose input is 0 for them) and ``full``
+    (UPDATE rows of the top layer)."""
     z = boundaries.transpose(0, 1)  # (T, B, L)
     prev = torch.cat([torch.zeros_like(z[:1]), z[:-1]])  # each layer's boundary at t-1
     masks = []
-    for l in range(len(rnn.hidden_sizes)):
+    layers = len(rnn.hidden_sizes)
+    for l in range(layers):
         below = torch.ones_like(z[..., 0]) if l == 0 else z[..., l - 1]
         flush = prev[..., l] == 1
         copy = (prev[..., l] == 0) & (below == 0)
-        masks.append((flush, copy, ~flush & ~copy))
+        update = ~flush & ~copy
+        none = torch.zeros_like(update)
+        top = l == layers - 1
+        masks.append(
+            {
+                "flush": flush,
+                "copy": copy,
+                "update": none if top else update,
+                "full": update if top else none,
+            }
+        )
     return masks
 
 
@@ -87,35 +103,42 @@ def _widths(rnn: HMRNN, inputs: int) -> list[tuple[int, int, int]]:
 
 def product_work(rnn: HMRNN, boundaries: Tensor, inputs: int) -> float:
     """Multiply-adds of the gate products with the native kernel's skipping, over those of
-    ``nn.LSTM`` of the same sizes: per layer and step, a row not in COPY or FLUSH reads
-    all ``4H + 1`` columns of its ``(K + 1)``-row weights, a FLUSH row all but the forget
-    gate's ``H``, a COPY row one dot product of ``H``."""
+    ``nn.LSTM`` of the same sizes: per layer and step, a FLUSH row reads all columns of
+    its ``(K + 1)``-row weights but the forget gate's ``H``, an UPDATE row below the top
+    layer all ``4H + 1`` columns of the rows before the layer above's, a COPY row one dot
+    product of ``H``, any other row everything."""
     work = lstm = 0.0
-    for (flush, copy, full), (hidden, below, above) in zip(
+    for rows, (hidden, below, above) in zip(
         _operations(rnn, boundaries), _widths(rnn, inputs), strict=True
     ):
         depth = below + hidden + above + 1
-        work += depth * (4 * hidden + 1) * float(full.sum())
-        work += depth * (3 * hidden + 1) * float(flush.sum()) + hidden * float(copy.sum())
-        lstm += (below + hidden) * 4 * hidden * flush.numel()
+        work += depth * (4 * hidden + 1) * float(rows["full"].sum())
+        work += (depth - above) * (4 * hidden + 1) * float(rows["update"].sum())
+        work += depth * (3 * hidden + 1) * float(rows["flush"].sum())
+        work += hidden * float(rows["copy"].sum())
+        lstm += (below + hidden) * 4 * hidden * rows["flush"].numel()
     return work / lstm
 
 
 def weights_read(rnn: HMRNN, boundaries: Tensor, inputs: int) -> float:
     """Weights read by the gate products, over ``nn.LSTM``'s: its recurrent ``4H x H`` at
     every step, its input weights once (its input product runs over all steps at once).
-    Per layer and step the kernel reads the ``[i, o, g, logit]`` block if a row is not in
-    COPY, the forget gate's block if a row is in neither COPY nor FLUSH, and the logit's
-    recurrent weights if a row is in COPY."""
+    Per layer and step the kernel reads, when it has rows of that kind: for UPDATE rows
+    below the top layer the rows of the weights before the layer above's, all columns;
+    for FLUSH and other rows the ``[i, o, g, logit]`` columns of every row of the weights,
+    and for the other rows the forget gate's too; for COPY rows the logit's recurrent
+    weights."""
     read = lstm = 0.0
-    for (flush, copy, full), (hidden, below, above) in zip(
+    for rows, (hidden, below, above) in zip(
         _operations(rnn, boundaries), _widths(rnn, inputs), strict=True
     ):
         depth = below + hidden + above + 1
-        read += depth * (3 * hidden + 1) * float((flush | full).any(dim=1).sum())
-        read += depth * hidden * float(full.any(dim=1).sum())
-        read += hidden * float(copy.any(dim=1).sum())
-        lstm += flush.shape[0] * 4 * hidden * hidden + 4 * hidden * below
+        present = {name: mask.any(dim=1) for name, mask in rows.items()}  # per step
+        read += (depth - above) * (4 * hidden + 1) * float(present["update"].sum())
+        read += depth * (3 * hidden + 1) * float((present["flush"] | present["full"]).sum())
+        read += depth * hidden * float(present["full"].sum())
+        read += hidden * float(present["copy"].sum())
+        lstm += rows["flush"].shape[0] * 4 * hidden * hidden + 4 * hidden * below
     return read / lstm
 
 
@@ -162,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 rnn.skip_copy_rows = True
                 boundaries = rnn(x).boundaries
                 operations = _operations(rnn, boundaries)
-                copy = sum(float(c.float().mean()) for _, c, _ in operations[1:])
+                copy = sum(float(rows["copy"].float().mean()) for rows in operations[1:])
                 times: dict[str, list[float]] = {"lstm": [], "skip": [], "full": []}
                 for _ in range(args.repeats):  # alternate, so that load hits all alike
                     times["lstm"].append(timed(lambda: lstm(x)))

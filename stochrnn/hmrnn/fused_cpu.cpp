@@ -243,16 +243,17 @@ std::vector<at::Tensor> scratch_matrices(const std::vector<std::pair<int64_t, in
   return out;
 }
 
-// [w^T; b] with the columns in gate_source's order, written into out (K + 1, N): w (N, K)
-// transposed tile by tile (several times faster than a strided copy at these sizes), the
-// bias as the last row.
+// [b; w^T] with the columns in gate_source's order, written into out (K + 1, N): the bias
+// as the first row, then w (N, K) transposed tile by tile (several times faster than a
+// strided copy at these sizes).
 template <typename T>
 void inference_weight(const at::Tensor& w, const at::Tensor& bias, at::Tensor& out) {
   // tiles of 64 rows by 128 columns of the output (the fastest measured, memory-bound)
   const int64_t N = w.size(0), K = w.size(1), H = (N - 1) / 4, tile_k = 64, tile_j = 128;
   const T* src = w.data_ptr<T>();
   const T* b = bias.data_ptr<T>();
-  T* dst = out.data_ptr<T>();
+  for (int64_t j = 0; j < N; ++j) out.data_ptr<T>()[j] = b[gate_source(j, H)];
+  T* dst = out.data_ptr<T>() + N;
   std::vector<const T*> column(N);  // the source row of each output column
   for (int64_t j = 0; j < N; ++j) column[j] = src + gate_source(j, H) * K;
   for (int64_t k0 = 0; k0 < K; k0 += tile_k) {
@@ -264,26 +265,28 @@ void inference_weight(const at::Tensor& w, const at::Tensor& bias, at::Tensor& o
       }
     }
   }
-  for (int64_t j = 0; j < N; ++j) dst[K * N + j] = b[gate_source(j, H)];
 }
 
 // Inference (nothing to differentiate): each row computes only what its operation reads.
 // COPY rows (z_p = 0, z_b = 0; u = [0, h, 0]) only their boundary logit, a dot product
 // with the recurrent part of the boundary's weights; FLUSH rows (z_p = 1; c = i g) every
-// gate but the forget gate; the others (UPDATE, soft boundaries) everything. The rows of
-// a step are reordered [full..., FLUSH...] into a compact buffer, so that each block of
-// gates is one matrix product over the rows that need it. Without skip_copy every row is
-// full. Only the state is kept. Layer 1 reads the input itself (T, B, I) with its whole
-// weight (N, I + K): its input product joins the step's, so FLUSH rows skip its
-// forget-gate columns too.
+// gate but the forget gate; UPDATE rows (z_p = 0, z_b = 1; u = [h_below, h, 0]) every
+// gate, from the part of the weights that does not multiply the zeros of the layer above;
+// the others (soft boundaries) everything. The rows of a step are reordered [UPDATE...,
+// soft..., FLUSH...] into a compact buffer, so that each block of gates is one matrix
+// product over the rows that need it. Without skip_copy every row is soft ("full"). Only
+// the state is kept. Layer 1 reads the input itself (T, B, I) with its whole weight
+// (N, I + K): its input product joins the step's, so FLUSH rows skip its forget-gate
+// columns too. The top layer has no layer above: its UPDATE rows count as soft.
 //
 // The weights are read in one of two layouts. Over many rows (T B >= kTransposeRows),
 // transposed into (K + 1, N) with the columns [i, o, g, logit | f] and the bias as the
-// last row (each row of the products' input then ends with a 1): a few-row product runs
-// about a quarter faster on that layout, and FLUSH rows read one block. Over few rows
-// (a step at a time, say), as they are: copying them would cost more than it saves
-// (measured: the two break even between 64 and 256 rows, at hidden sizes 64 and 512).
-// The training forward copies them transposed (not reordered) from as many rows.
+// first row (each row of the products' input then starts with a 1, and UPDATE rows read
+// the first rows, up to the layer above's): a few-row product runs about a quarter faster
+// on that layout, and FLUSH rows read one block. Over few rows (a step at a time, say),
+// as they are: copying them would cost more than it saves (measured: the two break even
+// between 64 and 256 rows, at hidden sizes 64 and 512). The training forward copies them
+// transposed (not reordered) from as many rows.
 constexpr int64_t kTransposeRows = 192;
 
 // Where each gate's columns start in a layer's pre-activation row, for one layout.
@@ -314,7 +317,7 @@ std::vector<at::Tensor> infer_impl(
     const int64_t H = s.H[l], Hb = l > 0 ? s.H[l - 1] : 0;
     cells.push_back(c0[l].clone());
     pre.push_back(at::empty({s.B, 4 * H + 1}, opts));
-    u.push_back(at::ones({s.B, s.K[l] + (l == 0 ? width_in : 0) + 1}, opts));
+    u.push_back(at::ones({s.B, 1 + s.K[l] + (l == 0 ? width_in : 0)}, opts));  // [1, ...]
     cell_new.push_back(at::empty({s.B, H}, opts));
     tanh_new.push_back(at::empty({s.B, H}, opts));
     recurrent_logit.push_back(l > 0 ? weights[l].select(0, 4 * H).narrow(0, Hb, H).contiguous()
@@ -339,17 +342,25 @@ std::vector<at::Tensor> infer_impl(
     for (int64_t l = 0; l < s.L; ++l) {
       const int64_t H = s.H[l], N = 4 * H + 1;
       const int64_t in = l == 0 ? width_in : 0, K = s.K[l] + in + 1;
-      // the rows by operation: full first, then FLUSH; COPY apart
-      int64_t n_full = 0, n_flush = 0;
+      // UPDATE rows read the weights' first rows: the bias, the input or the layer below,
+      // their own h (without the layer above, whose input is 0 for them)
+      const int64_t above = l + 1 < s.L ? s.H[l + 1] : 0, update_depth = K - above;
+      // the rows by operation: UPDATE, then soft ("full"), then FLUSH; COPY apart
+      int64_t n_update = 0, n_soft = 0, n_flush = 0;
       copy_rows.clear();
+      for (int64_t b = 0; b < s.B; ++b) {
+        const T zp = st.prev_z(l, t, b), zb = st.below_z(l, t, b);
+        if (skip_copy && above > 0 && zp == T(0) && zb == T(1)) order[n_update++] = b;
+      }
       for (int64_t b = 0; b < s.B; ++b) {
         const T zp = st.prev_z(l, t, b), zb = st.below_z(l, t, b);
         if (skip_copy && zp == T(0) && zb == T(0)) {
           copy_rows.push_back(b);
-        } else if (!(skip_copy && zp == T(1))) {
-          order[n_full++] = b;
+        } else if (!(skip_copy && (zp == T(1) || (above > 0 && zp == T(0) && zb == T(1))))) {
+          order[n_update + n_soft++] = b;
         }
       }
+      const int64_t n_full = n_update + n_soft;
       for (int64_t b = 0; b < s.B; ++b) {
         if (skip_copy && st.prev_z(l, t, b) == T(1)) order[n_full + n_flush++] = b;
       }
@@ -357,33 +368,37 @@ std::vector<at::Tensor> infer_impl(
       T* ub = u[l].data_ptr<T>();
       const T* x_t = l == 0 ? input.data_ptr<T>() + t * s.B * in : nullptr;
       for (int64_t r = 0; r < n_active; ++r) {
-        if (x_t) std::copy(x_t + order[r] * in, x_t + (order[r] + 1) * in, ub + r * K);
-        st.inputs(l, t, order[r], ub + r * K + in);
+        T* row = ub + r * K + 1;  // after the 1
+        if (x_t) std::copy(x_t + order[r] * in, x_t + (order[r] + 1) * in, row);
+        st.inputs(l, t, order[r], row + in);
       }
-      // gate columns [c0, c0 + n) of the first `rows` compact rows, written in place into
-      // the compact buffer (out= views)
+      // gate columns [c0, c0 + n) of the compact rows [r0, r0 + rows), from the first
+      // `depth` columns of u (the 1 included), written in place into the compact buffer
+      // (out= views)
       at::Tensor& p = pre[l];
       const Gates at_ = Gates::of(transposed, H);
-      auto product = [&](int64_t rows, int64_t c0, int64_t n) {
-        at::Tensor out = p.narrow(0, 0, rows).narrow(1, c0, n);
+      auto product = [&](int64_t r0, int64_t rows, int64_t c0, int64_t n, int64_t depth) {
+        if (rows == 0) return;
+        at::Tensor out = p.narrow(0, r0, rows).narrow(1, c0, n);
+        const at::Tensor x = u[l].narrow(0, r0, rows);
         if (transposed) {
-          at::mm_out(out, u[l].narrow(0, 0, rows), weights_t[l].narrow(1, c0, n));
-        } else {
-          const at::Tensor x = u[l].narrow(0, 0, rows).narrow(1, 0, K - 1);  // without the 1
-          at::addmm_out(out, biases[l].narrow(0, c0, n), x, weights[l].narrow(0, c0, n).t());
+          at::mm_out(out, x.narrow(1, 0, depth), weights_t[l].narrow(0, 0, depth).narrow(1, c0, n));
+        } else {  // the bias apart, the 1 left out
+          const at::Tensor w = weights[l].narrow(0, c0, n).narrow(1, 0, depth - 1);
+          at::addmm_out(out, biases[l].narrow(0, c0, n), x.narrow(1, 1, depth - 1), w.t());
         }
       };
-      if (n_active > 0) {
-        if (n_flush == 0) {
-          product(n_active, 0, N);
-        } else if (transposed) {  // [i, o, g, logit] for every row, then f
-          product(n_active, 0, 3 * H + 1);
-        } else {  // i, then [o, g, logit] for every row, then f
-          product(n_active, at_.i, H);
-          product(n_active, at_.o, 2 * H + 1);
-        }
-        if (n_flush > 0 && n_full > 0) product(n_full, at_.f, H);
+      product(0, n_update, 0, N, update_depth);
+      const int64_t r0 = n_update, rest = n_active - n_update;  // soft and FLUSH rows
+      if (n_flush == 0) {
+        product(r0, rest, 0, N, K);
+      } else if (transposed) {  // [i, o, g, logit] for every row, then f
+        product(r0, rest, 0, 3 * H + 1, K);
+      } else {  // i, then [o, g, logit] for every row, then f
+        product(r0, rest, at_.i, H, K);
+        product(r0, rest, at_.o, 2 * H + 1, K);
       }
+      if (n_flush > 0) product(r0, n_soft, at_.f, H, K);
       // the nonlinearities (vectorised by ATen) on the columns each group computed
       T* pp = p.data_ptr<T>();
       if (n_active > 0) {

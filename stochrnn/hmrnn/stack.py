@@ -121,7 +121,9 @@ class HMRNN(nn.Module):
         ``True`` (default): when nothing is differentiated (``torch.no_grad()`` or
         frozen weights), each row of a step computes only what its operation
         reads: a row in COPY only its boundary logit, and (native CPU kernels) a
-        row in FLUSH every gate but the forget gate. Measured at (64, 60, 512,
+        row in FLUSH every gate but the forget gate, a row in UPDATE below the top
+        layer its gates from the weights without the layer above's part (whose
+        input is 0 for it). Measured at (64, 60, 512,
         512) on one thread (``benchmarks/hmrnn_sparsity.py``), layer 1's boundary
         forced to fire at 10%, 30%, 60%, 100% and the layers above at 30%: 1.08×,
         1.13×, 1.16×, 1.21× an ``nn.LSTM``'s inference (every layer at 100%:

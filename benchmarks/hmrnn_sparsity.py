@@ -101,19 +101,33 @@ def _widths(rnn: HMRNN, inputs: int) -> list[tuple[int, int, int]]:
     ]
 
 
+def _plans(rows: dict[str, Tensor]) -> Tensor:
+    """Per step, whether the kernel computes the UPDATE rows apart (all gates, without the
+    layer above's weights; when they outnumber the FLUSH rows) or with the others (all but
+    the forget gate, over all the weights; then their forget gate without the layer
+    above's)."""
+    updates, flushes = rows["update"].sum(1), rows["flush"].sum(1)
+    return (flushes == 0) | (updates > flushes)
+
+
 def product_work(rnn: HMRNN, boundaries: Tensor, inputs: int) -> float:
     """Multiply-adds of the gate products with the native kernel's skipping, over those of
-    ``nn.LSTM`` of the same sizes: per layer and step, a FLUSH row reads all columns of
-    its ``(K + 1)``-row weights but the forget gate's ``H``, an UPDATE row below the top
-    layer all ``4H + 1`` columns of the rows before the layer above's, a COPY row one dot
-    product of ``H``, any other row everything."""
+    ``nn.LSTM`` of the same sizes: per layer and step, with ``K + 1`` rows of weights
+    (``K'`` before the layer above's) and ``4H + 1`` columns, a FLUSH row reads all but
+    the forget gate's ``H`` columns, an UPDATE row below the top layer all columns of the
+    first ``K'`` rows (or, see ``_plans``, all rows but for its forget gate), a COPY row
+    one dot product of ``H``, any other row everything."""
     work = lstm = 0.0
     for rows, (hidden, below, above) in zip(
         _operations(rnn, boundaries), _widths(rnn, inputs), strict=True
     ):
         depth = below + hidden + above + 1
+        apart = _plans(rows)
+        updates = rows["update"].sum(1).double()
         work += depth * (4 * hidden + 1) * float(rows["full"].sum())
-        work += (depth - above) * (4 * hidden + 1) * float(rows["update"].sum())
+        work += (depth - above) * (4 * hidden + 1) * float(updates[apart].sum())
+        together = updates[~apart].sum()
+        work += (depth * (3 * hidden + 1) + (depth - above) * hidden) * float(together)
         work += depth * (3 * hidden + 1) * float(rows["flush"].sum())
         work += hidden * float(rows["copy"].sum())
         lstm += (below + hidden) * 4 * hidden * rows["flush"].numel()
@@ -123,19 +137,23 @@ def product_work(rnn: HMRNN, boundaries: Tensor, inputs: int) -> float:
 def weights_read(rnn: HMRNN, boundaries: Tensor, inputs: int) -> float:
     """Weights read by the gate products, over ``nn.LSTM``'s: its recurrent ``4H x H`` at
     every step, its input weights once (its input product runs over all steps at once).
-    Per layer and step the kernel reads, when it has rows of that kind: for UPDATE rows
-    below the top layer the rows of the weights before the layer above's, all columns;
-    for FLUSH and other rows the ``[i, o, g, logit]`` columns of every row of the weights,
-    and for the other rows the forget gate's too; for COPY rows the logit's recurrent
-    weights."""
+    Per layer and step the kernel reads the ``[i, o, g, logit]`` columns of all its
+    weights if it has rows not in COPY (but for UPDATE rows computed apart), the forget
+    gate's if it has rows in neither COPY nor FLUSH (the first ``K'`` rows only for
+    UPDATE rows), all columns of the first ``K'`` rows for UPDATE rows computed apart, and
+    the logit's recurrent weights for COPY rows."""
     read = lstm = 0.0
     for rows, (hidden, below, above) in zip(
         _operations(rnn, boundaries), _widths(rnn, inputs), strict=True
     ):
         depth = below + hidden + above + 1
+        apart = _plans(rows)
         present = {name: mask.any(dim=1) for name, mask in rows.items()}  # per step
-        read += (depth - above) * (4 * hidden + 1) * float(present["update"].sum())
-        read += depth * (3 * hidden + 1) * float((present["flush"] | present["full"]).sum())
+        update_apart, update_with = present["update"] & apart, present["update"] & ~apart
+        read += (depth - above) * (4 * hidden + 1) * float(update_apart.sum())
+        others = present["flush"] | present["full"] | update_with
+        read += depth * (3 * hidden + 1) * float(others.sum())
+        read += (depth - above) * hidden * float(update_with.sum())
         read += depth * hidden * float(present["full"].sum())
         read += hidden * float(present["copy"].sum())
         lstm += rows["flush"].shape[0] * 4 * hidden * hidden + 4 * hidden * below

@@ -388,8 +388,15 @@ std::vector<at::Tensor> infer_impl(
           at::addmm_out(out, biases[l].narrow(0, c0, n), x.narrow(1, 1, depth - 1), w.t());
         }
       };
-      product(0, n_update, 0, N, update_depth);
-      const int64_t r0 = n_update, rest = n_active - n_update;  // soft and FLUSH rows
+      // Two plans for the UPDATE rows, which read the same weights as the others but for
+      // the layer above's rows (their input 0) and the forget gate (unread by FLUSH rows).
+      // Few FLUSH rows: the UPDATE rows apart, all gates, without the layer above's rows.
+      // Many: with the others, all but the forget gate, over every row (the weights that
+      // both read read once, the zeros multiplied); then their forget gate apart.
+      // Measured at 512: each plan is the faster one on its side of n_update = n_flush.
+      const bool apart = n_flush == 0 || n_update > n_flush;
+      const int64_t r0 = apart ? n_update : 0, rest = n_active - r0;
+      if (apart) product(0, n_update, 0, N, update_depth);
       if (n_flush == 0) {
         product(r0, rest, 0, N, K);
       } else if (transposed) {  // [i, o, g, logit] for every row, then f
@@ -398,7 +405,10 @@ std::vector<at::Tensor> infer_impl(
         product(r0, rest, at_.i, H, K);
         product(r0, rest, at_.o, 2 * H + 1, K);
       }
-      if (n_flush > 0) product(r0, n_soft, at_.f, H, K);
+      if (n_flush > 0) {
+        if (!apart) product(0, n_update, at_.f, H, update_depth);
+        product(n_update, n_soft, at_.f, H, K);
+      }
       // the nonlinearities (vectorised by ATen) on the columns each group computed
       T* pp = p.data_ptr<T>();
       if (n_active > 0) {

@@ -7,8 +7,10 @@ of one cold iteration (CPU: growth of the resident set, ``ru_maxrss`` against
 the resident set before; CUDA: ``torch.cuda.max_memory_allocated`` above what
 was allocated before; for the compiled model, an iteration after compiling, on
 CUDA only: on CPU the resident-set peak of compilation hides it), then times
-``--repeats`` iterations after ``--warmup``. Wall time (median and minimum) and
-process CPU time are reported: on a shared machine the CPU time is the steadier.
+``--repeats`` iterations after ``--warmup``. This runs ``--rounds`` times, the models
+of a size taking turns, so that a change in the machine's load hits them alike; the
+timings of all rounds are pooled. Wall time (median and minimum) and process CPU
+time are reported: on a shared machine the CPU time is the steadier.
 
 Rows: ``lstm`` (``torch.nn.LSTM``, oneDNN/cuDNN kernels), ``hmrnn`` (default
 ``GumbelSigmoid(0.3)`` boundaries) and, with ``--compile``, ``hmrnn-compiled``
@@ -151,11 +153,26 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         "model": job["model"],
         "size": job["name"],
         "shape": size._asdict(),
+        "walls": walls,
+        "cpus": cpus,
+        "peak_memory_mib": memory,
+        "matmul_gflop_forward": matmul_flops(job["model"], size) / 1e9,
+    }
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the rounds of one model at one size: their timings pooled, the
+    largest peak memory."""
+    walls = [w for run in runs for w in run.pop("walls")]
+    cpus = [c for run in runs for c in run.pop("cpus")]
+    memories = [run["peak_memory_mib"] for run in runs if run["peak_memory_mib"] is not None]
+    return {
+        **runs[0],
         "wall_s_median": statistics.median(walls),
         "wall_s_min": min(walls),
         "cpu_s_median": statistics.median(cpus),
-        "peak_memory_mib": memory,
-        "matmul_gflop_forward": matmul_flops(job["model"], size) / 1e9,
+        "peak_memory_mib": max(memories) if memories else None,
+        "rounds": len(runs),
     }
 
 
@@ -209,7 +226,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"# HMRNN vs torch.nn.LSTM on {report['device_name']}",
         "",
         f"torch {report['torch']}, {report['threads']} threads, device `{report['device']}`, "
-        f"{report['repeats']} timed iterations after {report['warmup']} warm-up; "
+        f"{report['rounds']} rounds of {report['repeats']} timed iterations after "
+        f"{report['warmup']} warm-up, pooled; "
         f"command: `{report['command']}`",
         "",
         "| size (B, T, in, hidden, L) | model | wall median s | wall min s | CPU s "
@@ -253,9 +271,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="add HMRNN(compile_step=True)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="processes per model and size, taking turns"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.repeats < 1:
+        parser.error("--rounds and --repeats must be at least 1")
     unknown = set(args.sizes.split(",")) - set(SIZES)
     if unknown:
         parser.error(f"unknown sizes {sorted(unknown)}; choose from {list(SIZES)}")
@@ -269,18 +292,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     rows = []
     for name in args.sizes.split(","):
+        runs: dict[str, list[dict[str, Any]]] = {model: [] for model in models}
+        for _ in range(args.rounds):
+            for model in models:
+                job = {
+                    "model": model,
+                    "name": name,
+                    "size": tuple(SIZES[name]),
+                    "device": args.device,
+                    "threads": args.threads,
+                    "warmup": args.warmup if model != "hmrnn-compiled" else max(args.warmup, 3),
+                    "repeats": args.repeats,
+                }
+                with context.Pool(1) as pool:
+                    runs[model].append(pool.apply(measure, (job,)))
         for model in models:
-            job = {
-                "model": model,
-                "name": name,
-                "size": tuple(SIZES[name]),
-                "device": args.device,
-                "threads": args.threads,
-                "warmup": args.warmup if model != "hmrnn-compiled" else max(args.warmup, 3),
-                "repeats": args.repeats,
-            }
-            with context.Pool(1) as pool:
-                row = pool.apply(measure, (job,))
+            row = pooled(runs[model])
             print(
                 f"{name:>6} {model:>14}: wall {row['wall_s_median']:.3f} s (min "
                 f"{row['wall_s_min']:.3f}), CPU {row['cpu_s_median']:.3f} s, "
@@ -295,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": args.threads or torch.get_num_threads(),
         "repeats": args.repeats,
+        "rounds": args.rounds,
         "warmup": args.warmup,
         "command": " ".join(["python", "benchmarks/hmrnn_vs_lstm.py", *(argv or sys.argv[1:])]),
         "results": rows,

@@ -28,6 +28,9 @@ the LSTM's.
 Example (from the repository root)::
 
     python benchmarks/hmrnn_sparsity.py --threads 1 --out benchmarks/results/
+
+Results go to ``<out>/hmrnn_sparsity_cpu-<N>-threads[-<size>].json`` and ``.md`` (the
+size, ``B x T x in x hidden x layers``, when not the default).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from stochrnn import HMRNN
 from stochrnn.hmrnn import native
 
 RATES = (0.1, 0.3, 0.6, 1.0)
+DEFAULT_SIZE = "64,60,512,512,3"
 SCENARIOS = ("layer 1", "every layer")
 
 
@@ -170,7 +174,7 @@ def timed(fn: Any) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="64,60,512,512,3", help="B,T,input,hidden,layers")
+    parser.add_argument("--size", default=DEFAULT_SIZE, help="B,T,input,hidden,layers")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument(
@@ -275,7 +279,10 @@ def write_report(report: dict[str, Any], repeats: int, out: Path) -> None:
             f"| {r['hmrnn_full_s']:.3f} | {r['full_over_lstm']:.2f} |"
         )
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"hmrnn_sparsity_cpu-{report['threads']}-threads"
+    size = report["size"]
+    shape = f"{size['batch']},{size['steps']},{size['input']},{size['hidden']},{report['layers']}"
+    suffix = "" if shape == DEFAULT_SIZE else "-" + shape.replace(",", "x")
+    stem = out / f"hmrnn_sparsity_cpu-{report['threads']}-threads{suffix}"
     for suffix, text in (
         (".json", json.dumps(report, indent=2) + "\n"),
         (".md", "\n".join(lines) + "\n"),

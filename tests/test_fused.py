@@ -204,6 +204,23 @@ def test_nan_logits_raise_on_the_fused_paths_as_on_the_per_step_path(
         assert out.output[1, 4:].isnan().all() and not out.output[:, :4].isnan().any()
 
 
+def test_nan_only_in_padded_steps_raises_too_and_says_so() -> None:
+    """Padding with NaN makes the weight gradients NaN (0 times NaN) on both paths: the
+    fused path raises there too, as the per-step path does, and names the cause."""
+    x = torch.randn(3, 6, 4)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    x[1, 4:] = float("nan")
+    for fused in (True, False):
+        rnn = HMRNN(4, 5, num_layers=2)
+        rnn.fused = fused
+        with pytest.raises(ValueError, match="NaN logits"):
+            rnn(x, mask=mask)
+    with pytest.raises(ValueError, match="padded steps only"):
+        HMRNN(4, 5, num_layers=2)(x, mask=mask)
+    assert not HMRNN(4, 5, num_layers=2)(x.nan_to_num(), mask=mask).output.isnan().any()
+
+
 def test_estimators_without_a_closed_form_take_the_per_step_path() -> None:
     """An adaptive temperature reads h, a user's estimator is a module: both run per step."""
     rnn = HMRNN(3, 4, num_layers=2, boundary=GumbelSigmoid(AdaptiveTemperature(4)))
@@ -305,11 +322,13 @@ def test_native_inference_in_float32_over_the_transposed_layout(logit: float | N
     boundary = GumbelSigmoid(0.7, hard=False) if logit is None else GumbelSigmoid(0.3)
     rnn = _forced(HMRNN(5, [7, 9, 6], num_layers=3, boundary=boundary), logit)
     x = torch.randn(8, 30, 5)  # 240 rows: the transposed layout
+    state = random_state(rnn, 8)
+    state = HMRNNState(*(tuple(t.detach() for t in group) for group in state))
     outs = []
     with native_kernels(True), torch.no_grad():
         for fused in (True, False):
             rnn.fused = fused
-            outs.append(rnn(x, generator=torch.Generator().manual_seed(4)))
+            outs.append(rnn(x, state, generator=torch.Generator().manual_seed(4)))
     torch.testing.assert_close(outs[0].boundaries, outs[1].boundaries, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(outs[0].output, outs[1].output, atol=1e-5, rtol=1e-5)
 

@@ -131,7 +131,9 @@ class HMRNN(nn.Module):
         every row computes every gate. Either way inference agrees with training mode
         to float rounding, not bitwise (the native kernel adds layer 1's input
         product inside each step's, and a COPY row's logit is a dot product), so
-        a hard boundary within rounding of its threshold can come out otherwise.
+        a hard boundary within rounding of its threshold can come out otherwise;
+        and a skipped block's zeros are not multiplied, so an infinite state there
+        does not turn into NaN as it does when every row computes everything.
 
     Notes
     -----
@@ -542,7 +544,7 @@ class HMRNN(nn.Module):
         else:
             out = run_inference(raw, replace(config, skip_copy=self.skip_copy_rows))
             hidden, z, logits, cells = out.hidden, out.z, out.logits, out.cells
-        self._check_logits(logits)
+        self._check_logits(logits, mask)
         log_prob = torch.stack(
             [rule.log_prob(logits[..., l], z[..., l]) for l, rule in enumerate(config.rules)],
             dim=-1,
@@ -554,23 +556,29 @@ class HMRNN(nn.Module):
         )
         return hidden, z, logits, log_prob, last
 
-    def _check_logits(self, logits: Tensor) -> None:
+    def _check_logits(self, logits: Tensor, mask: Tensor | None) -> None:
         """The per-step path's check, after a fused run: each estimator that validates its
         logits (on the CPU by default; see ``validate_args``) raises on a NaN one, instead
-        of the boundary silently reading 0 (every comparison with NaN is false)."""
+        of the boundary silently reading 0 (every comparison with NaN is false). Padded
+        steps count too, as on the per-step path: the gradients of a NaN there are NaN."""
         layers = [l for l, est in enumerate(self.boundaries) if est._should_validate(logits)]
         if not layers:
             return
+        nan = torch.isnan(logits[..., layers])  # (T, B, len(layers))
         try:
-            first = torch.isnan(logits[..., layers]).any(dim=1).nonzero()[:1].tolist()
-        except RuntimeError:  # under torch.func.vmap, which refuses data-dependent checks
+            first = nan.any(dim=1).nonzero()[:1].tolist()
+        except RuntimeError as error:  # vmap refuses data-dependent checks: none there
+            if "vmap" not in str(error):
+                raise
             return
         if first:
             step, index = first[0]
             est = self.boundaries[layers[index]]
+            padded = mask is not None and not bool((nan[..., index] & mask).any())
+            hint = " (padded steps only: pad with finite values, such as 0)" if padded else ""
             raise ValueError(
                 f"{type(est).__name__} got NaN logits (shape {tuple(logits.shape[1:2])}) in "
-                f"layer {layers[index] + 1} at step {step}"
+                f"layer {layers[index] + 1} at step {step}{hint}"
             )
 
     def forward(

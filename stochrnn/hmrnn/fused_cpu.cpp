@@ -335,9 +335,11 @@ std::vector<at::Tensor> infer_impl(
     weights_t = scratch_matrices<T>(shapes);
     for (int64_t l = 0; l < s.L; ++l) inference_weight<T>(weights[l], biases[l], weights_t[l]);
   }
-  std::vector<int64_t> order(s.B);  // compact row r -> batch row
-  std::vector<int64_t> copy_rows;
-  copy_rows.reserve(s.B);
+  std::vector<int64_t> order;  // compact row r -> batch row
+  std::vector<int64_t> update_rows, soft_rows, flush_rows, copy_rows;
+  for (auto* rows : {&order, &update_rows, &soft_rows, &flush_rows, &copy_rows}) {
+    rows->reserve(s.B);
+  }
   for (int64_t t = 0; t < s.T; ++t) {
     for (int64_t l = 0; l < s.L; ++l) {
       const int64_t H = s.H[l], N = 4 * H + 1;
@@ -345,25 +347,29 @@ std::vector<at::Tensor> infer_impl(
       // UPDATE rows read the weights' first rows: the bias, the input or the layer below,
       // their own h (without the layer above, whose input is 0 for them)
       const int64_t above = l + 1 < s.L ? s.H[l + 1] : 0, update_depth = K - above;
-      // the rows by operation: UPDATE, then soft ("full"), then FLUSH; COPY apart
-      int64_t n_update = 0, n_soft = 0, n_flush = 0;
-      copy_rows.clear();
+      // the rows by operation, ordered UPDATE, soft ("full"), FLUSH; COPY apart
+      for (auto* rows : {&update_rows, &soft_rows, &flush_rows, &copy_rows}) rows->clear();
       for (int64_t b = 0; b < s.B; ++b) {
         const T zp = st.prev_z(l, t, b), zb = st.below_z(l, t, b);
-        if (skip_copy && above > 0 && zp == T(0) && zb == T(1)) order[n_update++] = b;
-      }
-      for (int64_t b = 0; b < s.B; ++b) {
-        const T zp = st.prev_z(l, t, b), zb = st.below_z(l, t, b);
-        if (skip_copy && zp == T(0) && zb == T(0)) {
+        if (!skip_copy) {
+          soft_rows.push_back(b);
+        } else if (zp == T(1)) {
+          flush_rows.push_back(b);
+        } else if (zp == T(0) && zb == T(0)) {
           copy_rows.push_back(b);
-        } else if (!(skip_copy && (zp == T(1) || (above > 0 && zp == T(0) && zb == T(1))))) {
-          order[n_update + n_soft++] = b;
+        } else if (zp == T(0) && zb == T(1) && above > 0) {
+          update_rows.push_back(b);
+        } else {  // soft boundaries; UPDATE rows of the top layer
+          soft_rows.push_back(b);
         }
       }
+      order.assign(update_rows.begin(), update_rows.end());
+      order.insert(order.end(), soft_rows.begin(), soft_rows.end());
+      order.insert(order.end(), flush_rows.begin(), flush_rows.end());
+      const int64_t n_update = static_cast<int64_t>(update_rows.size());
+      const int64_t n_soft = static_cast<int64_t>(soft_rows.size());
+      const int64_t n_flush = static_cast<int64_t>(flush_rows.size());
       const int64_t n_full = n_update + n_soft;
-      for (int64_t b = 0; b < s.B; ++b) {
-        if (skip_copy && st.prev_z(l, t, b) == T(1)) order[n_full + n_flush++] = b;
-      }
       const int64_t n_active = n_full + n_flush;
       T* ub = u[l].data_ptr<T>();
       const T* x_t = l == 0 ? input.data_ptr<T>() + t * s.B * in : nullptr;

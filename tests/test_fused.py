@@ -408,3 +408,80 @@ def test_an_expanded_output_gradient_is_read_through_its_strides(use_native: boo
             grads.append(torch.autograd.grad(rnn(x).output.sum(), list(rnn.parameters())))
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+@contextmanager
+def avx512_product(on: bool) -> Iterator[None]:
+    """Run the native kernels' float32 products on the AVX-512 tiles (where the CPU has
+    them) or on ATen's product."""
+    kernels = native.kernels()
+    assert kernels is not None
+    kernels.use_avx512_product(on)
+    try:
+        yield
+    finally:
+        kernels.use_avx512_product(True)
+
+
+def test_the_avx512_product_runs_where_the_cpu_has_it() -> None:
+    """On a Linux x86-64 CPU with AVX-512F the float32 products use it; elsewhere ATen's."""
+    kernels = native.kernels()
+    assert kernels is not None
+    try:
+        flags = open("/proc/cpuinfo").read().split()
+    except OSError:
+        flags = []
+    import platform
+
+    expected = platform.machine() == "x86_64" and "avx512f" in flags
+    assert kernels.use_avx512_product(True) is expected
+
+
+@pytest.mark.parametrize("rows", [1, 5, 6, 7, 13, 64])
+@pytest.mark.parametrize("with_base", [False, True], ids=["product", "base-plus-product"])
+def test_the_step_product_equals_torch_mm(rows: int, with_base: bool) -> None:
+    """Rows in whole tiles and in tails, columns in whole panels and a partial one, a
+    weight read through a row stride wider than its columns, a broadcast bias: the
+    product agrees with ``torch.mm`` to float32 rounding (and exactly in float64, which
+    always takes ATen's product)."""
+    kernels = native.kernels()
+    assert kernels is not None
+    torch.manual_seed(rows)
+    for depth, columns in [(1, 1), (3, 17), (70, 64), (129, 150), (300, 1025)]:
+        a = torch.randn(rows, depth)
+        b = torch.randn(depth, columns + 9)[:, 3 : 3 + columns]  # row stride columns + 9
+        base = torch.randn(columns) if with_base else torch.empty(0)
+        expected = a @ b + (base if with_base else 0)
+        got = kernels.matrix_product(a, b, base)
+        torch.testing.assert_close(got, expected, atol=1e-4 * depth**0.5, rtol=1e-5)
+        a64, b64, base64 = a.double(), b.double(), base.double()
+        exact = torch.addmm(base64, a64, b64) if with_base else a64 @ b64
+        got64 = kernels.matrix_product(a64, b64, base64)
+        torch.testing.assert_close(got64, exact, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("sizes", [[7, 70, 9], [33, 16, 65]])
+def test_the_packed_products_agree_with_atens_in_float32(sizes: list[int]) -> None:
+    """Training (forward and backward over 240 rows: the weights packed by panels) and
+    inference (mixed UPDATE, COPY and FLUSH rows; the forget gate's columns from panels of
+    their own) give the same boundaries, and outputs and gradients to float32 rounding,
+    on the AVX-512 product (where the CPU has it) and on ATen's."""
+    torch.manual_seed(sum(sizes))
+    rnn = HMRNN(11, sizes, num_layers=3, boundary=GumbelSigmoid(0.5))
+    x = torch.randn(8, 30, 11)
+    results = []
+    for on in (True, False):
+        with native_kernels(True), avx512_product(on):
+            out = rnn(x, generator=torch.Generator().manual_seed(0))
+            grads = torch.autograd.grad(loss_of(out), list(rnn.parameters()))
+            with torch.no_grad():
+                inferred = rnn(x, generator=torch.Generator().manual_seed(1))
+        results.append((out, grads, inferred))
+    (a, ga, ia), (b, gb, ib) = results
+    assert 0.05 < float(ia.boundaries.mean()) < 0.95  # the operations mixed
+    for u, v in [(a.boundaries, b.boundaries), (ia.boundaries, ib.boundaries)]:
+        torch.testing.assert_close(u, v, atol=0, rtol=0)
+    torch.testing.assert_close(a.output, b.output, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ia.output, ib.output, atol=1e-5, rtol=1e-5)
+    for u, v in zip(ga, gb, strict=True):
+        torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)

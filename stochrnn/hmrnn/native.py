@@ -3,7 +3,12 @@
 At small sizes the cost of the HM-LSTM in eager PyTorch is the per-operation
 overhead of tens of small operations per layer and step, not arithmetic. The
 kernels run each layer-step's elementwise work (gates, blend, boundary; and
-their backward) as one loop over the rows, leaving the matrix products to ATen.
+their backward) as one loop over the rows. The matrix products are ATen's but
+in float32 on a CPU with AVX-512, where the kernels multiply by their own tiles
+and, over many rows, from weights packed by panels of 64 columns: with a step's
+few rows MKL's product can run close to one matrix-vector product per row
+(``fused_cpu.cpp`` gives the figures). ``ATEN_CPU_CAPABILITY`` set to anything
+but ``avx512`` leaves them to ATen too.
 
 They are compiled by :func:`torch.utils.cpp_extension.load` the first time a
 fused HM-RNN runs on the CPU (about a minute, once per torch version and source;
@@ -47,9 +52,15 @@ def _cache_root() -> Path:
     return Path(os.environ.get("STOCHRNN_CACHE", Path.home() / ".cache" / "stochrnn"))
 
 
+def _flags() -> list[str]:
+    """The compiler flags: OpenMP where the compiler is GCC's or LLVM's on Linux, so that
+    the kernels' ``at::parallel_for`` runs on torch's threads (elsewhere it runs serially)."""
+    return ["-O3", "-fopenmp"] if sys.platform.startswith("linux") else ["-O3"]
+
+
 def _library() -> Path:
-    """Where the built kernels live: one file per torch version, Python and source."""
-    digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:12]
+    """Where the built kernels live: one file per torch version, Python, source and flags."""
+    digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_flags()).encode()).hexdigest()[:12]
     tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}"
     name = f"{_NAME}-{tag}-{digest}".replace("+", "_").replace(".", "_")
     return _cache_root() / f"{name}.so"
@@ -84,7 +95,8 @@ def _build(target: Path) -> ModuleType:
             name=_NAME,
             sources=[str(_SOURCE)],
             build_directory=directory,
-            extra_cflags=["-O3"],
+            extra_cflags=_flags(),
+            extra_ldflags=["-fopenmp"] if "-fopenmp" in _flags() else [],
             verbose=False,
         )
         built = Path(directory) / f"{_NAME}.so"

@@ -29,8 +29,8 @@ Example (from the repository root)::
 
     python benchmarks/hmrnn_sparsity.py --threads 1 --out benchmarks/results/
 
-Results go to ``<out>/hmrnn_sparsity_cpu-<N>-threads[-<size>].json`` and ``.md`` (the
-size, ``B x T x in x hidden x layers``, when not the default).
+Results go to ``<out>/hmrnn_sparsity_cpu-<cpu>-<N>-threads[-<size>].json`` and ``.md``
+(the size, ``B x T x in x hidden x layers``, when not the default).
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hmrnn_vs_lstm import device_name, slug  # beside this script
 
 from stochrnn import HMRNN
 from stochrnn.hmrnn import native
@@ -164,12 +166,13 @@ def weights_read(rnn: HMRNN, boundaries: Tensor, inputs: int) -> float:
     return read / lstm
 
 
-def timed(fn: Any) -> float:
-    """Process CPU time of one call: steadier than wall time on a shared machine (with
-    several threads it sums them, for both models alike)."""
-    start = time.process_time()
+def timed(fn: Any) -> tuple[float, float]:
+    """Wall time and process CPU time of one call. CPU time is steadier on a shared
+    machine; with several threads it sums them (threads that wait spinning included),
+    so the wall time says what a user waits."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.process_time() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -208,14 +211,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 boundaries = rnn(x).boundaries
                 operations = _operations(rnn, boundaries)
                 copy = sum(float(rows["copy"].float().mean()) for rows in operations[1:])
-                times: dict[str, list[float]] = {"lstm": [], "skip": [], "full": []}
+                times: dict[str, list[tuple[float, float]]] = {"lstm": [], "skip": [], "full": []}
                 for _ in range(args.repeats):  # alternate, so that load hits all alike
                     times["lstm"].append(timed(lambda: lstm(x)))
                     rnn.skip_copy_rows = True
                     times["skip"].append(timed(lambda: rnn(x)))
                     rnn.skip_copy_rows = False
                     times["full"].append(timed(lambda: rnn(x)))
-                median = {k: statistics.median(v) for k, v in times.items()}
+                median = {k: statistics.median(c for _, c in v) for k, v in times.items()}
+                wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
                 row = {
                     "scenario": scenario,
                     "rate": rate,
@@ -228,12 +232,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "hmrnn_full_s": median["full"],
                     "skip_over_lstm": median["skip"] / median["lstm"],
                     "full_over_lstm": median["full"] / median["lstm"],
+                    "lstm_wall_s": wall["lstm"],
+                    "hmrnn_skip_wall_s": wall["skip"],
+                    "hmrnn_full_wall_s": wall["full"],
+                    "skip_over_lstm_wall": wall["skip"] / wall["lstm"],
+                    "full_over_lstm_wall": wall["full"] / wall["lstm"],
                 }
                 rows.append(row)
                 print(
                     f"{scenario}, rate {rate:.1f}: lstm {row['lstm_s']:.3f} CPU s, hmrnn "
                     f"skipping {row['hmrnn_skip_s']:.3f} s (x{row['skip_over_lstm']:.2f}), "
-                    f"not skipping {row['hmrnn_full_s']:.3f} s (x{row['full_over_lstm']:.2f})",
+                    f"not skipping {row['hmrnn_full_s']:.3f} s (x{row['full_over_lstm']:.2f}); "
+                    f"wall-time ratio skipping x{row['skip_over_lstm_wall']:.2f}",
                     flush=True,
                 )
     report = {
@@ -241,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "layers": layers,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "device": device_name(torch.device("cpu")),
         "native_kernels": native.kernels() is not None,
         "command": " ".join(["python", "benchmarks/hmrnn_sparsity.py", *(argv or sys.argv[1:])]),
         "rows": rows,
@@ -255,8 +266,10 @@ def write_report(report: dict[str, Any], repeats: int, out: Path) -> None:
         f"# HMRNN inference against the boundary rate (B={size['batch']}, T={size['steps']}, "
         f"in={size['input']}, hidden={size['hidden']}, {report['layers']} layers)",
         "",
-        f"torch {report['torch']}, {report['threads']} threads, process CPU time, median of "
-        f"{repeats}, under `torch.no_grad()`; command: `{report['command']}`",
+        f"{report['device']}, torch {report['torch']}, {report['threads']} threads, median of "
+        f"{repeats}, under `torch.no_grad()`; command: `{report['command']}`. Times are "
+        "process CPU time (steadier on a shared machine; with several threads the sum over "
+        "them), ratios also of wall time.",
         "",
         "Scenarios: `layer 1` fires at the rate, the layers above at the rate in brackets; "
         "`every layer` fires at the rate. Work: the gate products' multiply-adds over "
@@ -265,8 +278,8 @@ def write_report(report: dict[str, Any], repeats: int, out: Path) -> None:
         "",
         "| scenario | boundary rate | COPY share of layers 2..L | products' work / LSTM's "
         "| weights read / LSTM's | nn.LSTM s | HMRNN s (work skipped) "
-        "| ratio | HMRNN s (nothing skipped) | ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| ratio | wall-time ratio | HMRNN s (nothing skipped) | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         scenario = r["scenario"]
@@ -276,13 +289,14 @@ def write_report(report: dict[str, Any], repeats: int, out: Path) -> None:
             f"| {scenario} | {r['rate']:.0%} | {r['copy_share_layers_2_to_L']:.2f} "
             f"| {r['product_work_over_lstm']:.2f} | {r['weights_read_over_lstm']:.2f} "
             f"| {r['lstm_s']:.3f} | {r['hmrnn_skip_s']:.3f} | {r['skip_over_lstm']:.2f} "
+            f"| {r['skip_over_lstm_wall']:.2f} "
             f"| {r['hmrnn_full_s']:.3f} | {r['full_over_lstm']:.2f} |"
         )
     out.mkdir(parents=True, exist_ok=True)
     size = report["size"]
     shape = f"{size['batch']},{size['steps']},{size['input']},{size['hidden']},{report['layers']}"
     suffix = "" if shape == DEFAULT_SIZE else "-" + shape.replace(",", "x")
-    stem = out / f"hmrnn_sparsity_cpu-{report['threads']}-threads{suffix}"
+    stem = out / f"hmrnn_sparsity_cpu-{slug(report['device'])}-{report['threads']}-threads{suffix}"
     for suffix, text in (
         (".json", json.dumps(report, indent=2) + "\n"),
         (".md", "\n".join(lines) + "\n"),

@@ -485,3 +485,28 @@ def test_the_packed_products_agree_with_atens_in_float32(sizes: list[int]) -> No
     torch.testing.assert_close(ia.output, ib.output, atol=1e-5, rtol=1e-5)
     for u, v in zip(ga, gb, strict=True):
         torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
+
+
+def test_the_native_kernels_give_the_same_numbers_on_one_and_on_two_threads() -> None:
+    """The kernels split a step's rows and the products' column panels among torch's
+    threads (rows of 300 hidden units: several shares of 16 rows): the forward, backward
+    and inference give exactly the numbers of one thread."""
+    torch.manual_seed(5)
+    rnn = HMRNN(20, 300, num_layers=3, boundary=GumbelSigmoid(0.5))
+    x = torch.randn(16, 12, 20)  # 192 rows: the weights packed where AVX-512 runs
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with native_kernels(True):
+                out = rnn(x, generator=torch.Generator().manual_seed(0))
+                grads = torch.autograd.grad(loss_of(out), list(rnn.parameters()))
+                with torch.no_grad():
+                    inferred = rnn(x, generator=torch.Generator().manual_seed(1))
+            results.append([out.output, out.boundaries, *grads, inferred.output])
+    finally:
+        torch.set_num_threads(threads)
+    assert 0.05 < float(results[0][1].mean()) < 0.95  # the operations mixed
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)

@@ -305,6 +305,14 @@ bool pack_weights(int64_t rows) {
   return std::is_same_v<T, float> && avx512_product_enabled() && rows >= kTransposeRows;
 }
 
+// f(b0, b1) over the rows [0, rows) of a layer-step, split among torch's threads (the
+// rows of a layer-step are independent). `width`: about the numbers a row reads and
+// writes, so that a share is worth a thread (small models run on one).
+template <typename F>
+void for_rows(int64_t rows, int64_t width, const F& f) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(1, width)), f);
+}
+
 // What both passes read of the sequence, row by row: a layer's h and z before a step (the
 // initial state before the first), the boundary below it at the step (1 for the first
 // layer), and the gated inputs u = [z_b x, h, z_p h_above] of its product.
@@ -385,7 +393,9 @@ std::vector<at::Tensor> forward_impl(
     for (int64_t l = 0; l < s.L; ++l) {
       const int64_t H = s.H[l], K = s.K[l], N = 4 * H + 1;
       T* ub = u[l].data_ptr<T>();
-      for (int64_t b = 0; b < s.B; ++b) st.inputs(l, t, b, ub + b * K);
+      for_rows(s.B, K, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) st.inputs(l, t, b, ub + b * K);
+      });
       at::Tensor act = acts[l][t];
       const at::Tensor& base = l == 0 ? projected[t] : biases[l];
       T* a = act.data_ptr<T>();
@@ -400,20 +410,23 @@ std::vector<at::Tensor> forward_impl(
       T* cs = cells[l].data_ptr<T>();
       T* cp = c_prev[l].data_ptr<T>() + t * s.B * H;
       T* tb = tanh_buffer[l].data_ptr<T>();
-      for (int64_t b = 0; b < s.B; ++b) {
-        const T* ar = a + b * N;
-        for (int64_t k = 0; k < H; ++k) {
-          const T c = cs[b * H + k];
-          cp[b * H + k] = c;
-          const T cf = ar[k] * ar[3 * H + k];
-          tb[b * 2 * H + k] = cf;
-          tb[b * 2 * H + H + k] = cf + ar[H + k] * c;
+      for_rows(s.B, 4 * H, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const T* ar = a + b * N;
+          for (int64_t k = 0; k < H; ++k) {
+            const T c = cs[b * H + k];
+            cp[b * H + k] = c;
+            const T cf = ar[k] * ar[3 * H + k];
+            tb[b * 2 * H + k] = cf;
+            tb[b * 2 * H + H + k] = cf + ar[H + k] * c;
+          }
         }
-      }
+      });
       at::Tensor tanh_c = at::tanh(tanh_buffer[l]);
       const T* tc = tanh_c.data_ptr<T>();
       const float* nz = present(noise[l]) ? noise[l].data_ptr<float>() + t * s.B : nullptr;
-      for (int64_t b = 0; b < s.B; ++b) {
+      for_rows(s.B, 6 * H, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
         const T zp = st.prev_z(l, t, b), zb = st.below_z(l, t, b);
         const bool real = m == nullptr || m[t * s.B + b];
         const T flush = zp, update = (T(1) - zp) * zb, copy = (T(1) - zp) * (T(1) - zb);
@@ -437,6 +450,7 @@ std::vector<at::Tensor> forward_impl(
         zo[(t * s.B + b) * s.L + l] = real ? v : zp;
         lo[(t * s.B + b) * s.L + l] = logit;
       }
+      });
     }
   }
   std::vector<at::Tensor> out{hidden, z, logits};
@@ -639,11 +653,13 @@ std::vector<at::Tensor> infer_impl(
       const int64_t n_active = n_full + n_flush;
       T* ub = u[l].data_ptr<T>();
       const T* x_t = l == 0 ? input.data_ptr<T>() + t * s.B * in : nullptr;
-      for (int64_t r = 0; r < n_active; ++r) {
-        T* row = ub + r * K + 1;  // after the 1
-        if (x_t) std::copy(x_t + order[r] * in, x_t + (order[r] + 1) * in, row);
-        st.inputs(l, t, order[r], row + in);
-      }
+      for_rows(n_active, K, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          T* row = ub + r * K + 1;  // after the 1
+          if (x_t) std::copy(x_t + order[r] * in, x_t + (order[r] + 1) * in, row);
+          st.inputs(l, t, order[r], row + in);
+        }
+      });
       // gate columns [c0, c0 + n) of the compact rows [r0, r0 + rows), from the first
       // `depth` columns of u (the 1 included), written in place into the compact buffer
       // (out= views)
@@ -712,18 +728,20 @@ std::vector<at::Tensor> infer_impl(
       T* cs = cells[l].data_ptr<T>();
       T* cn = cell_new[l].data_ptr<T>();
       T* tn = tanh_new[l].data_ptr<T>();
-      for (int64_t r = 0; r < n_active; ++r) {
-        const int64_t b = order[r];
-        const T* pr = pp + r * N;
-        const T* cr = cs + b * H;
-        T* cnr = cn + r * H;
-        const T *i = pr + at_.i, *f = pr + at_.f, *g = pr + at_.g;
-        if (st.prev_z(l, t, b) == T(1)) {
-          for (int64_t k = 0; k < H; ++k) cnr[k] = i[k] * g[k];
-        } else {
-          for (int64_t k = 0; k < H; ++k) cnr[k] = i[k] * g[k] + f[k] * cr[k];
+      for_rows(n_active, 4 * H, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t b = order[r];
+          const T* pr = pp + r * N;
+          const T* cr = cs + b * H;
+          T* cnr = cn + r * H;
+          const T *i = pr + at_.i, *f = pr + at_.f, *g = pr + at_.g;
+          if (st.prev_z(l, t, b) == T(1)) {
+            for (int64_t k = 0; k < H; ++k) cnr[k] = i[k] * g[k];
+          } else {
+            for (int64_t k = 0; k < H; ++k) cnr[k] = i[k] * g[k] + f[k] * cr[k];
+          }
         }
-      }
+      });
       if (n_active > 0) {
         at::Tensor tanh_rows = tanh_new[l].narrow(0, 0, n_active);
         at::tanh_out(tanh_rows, cell_new[l].narrow(0, 0, n_active));
@@ -737,7 +755,8 @@ std::vector<at::Tensor> infer_impl(
         lo[(t * s.B + b) * s.L + l] = logit;
         return real;
       };
-      for (int64_t r = 0; r < n_active; ++r) {
+      for_rows(n_active, 5 * H, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
         const int64_t b = order[r];
         const T* pr = pp + r * N;
         const T* hp = st.prev_h(l, t, b);
@@ -764,16 +783,20 @@ std::vector<at::Tensor> infer_impl(
           }
         }
       }
+      });
       // COPY rows (layers above the first only): u = [0, h, 0], the logit a dot product
       const T* wz = copy_rows.empty() ? nullptr : recurrent_logit[l].data_ptr<T>();
       const T bz = copy_rows.empty() ? T(0) : biases[l].data_ptr<T>()[4 * H];
-      for (const int64_t b : copy_rows) {
-        const T* hp = st.prev_h(l, t, b);
-        T acc = bz;
-        for (int64_t k = 0; k < H; ++k) acc += hp[k] * wz[k];
-        finish(b, acc);
-        std::copy(hp, hp + H, hid + (t * s.B + b) * s.total + s.col[l]);
-      }
+      for_rows(static_cast<int64_t>(copy_rows.size()), 3 * H, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t b = copy_rows[r];
+          const T* hp = st.prev_h(l, t, b);
+          T acc = bz;
+          for (int64_t k = 0; k < H; ++k) acc += hp[k] * wz[k];
+          finish(b, acc);
+          std::copy(hp, hp + H, hid + (t * s.B + b) * s.total + s.col[l]);
+        }
+      });
     }
   }
   std::vector<at::Tensor> out{hidden, z, logits};
@@ -839,17 +862,20 @@ std::vector<at::Tensor> backward_impl(
       const T* cpv = c_prev[l].data_ptr<T>() + t * s.B * H;
       // c_F, c_U of this step and their tanh (vectorised by ATen)
       T* tb = tanh_buffer[l].data_ptr<T>();
-      for (int64_t b = 0; b < s.B; ++b) {
-        for (int64_t k = 0; k < H; ++k) {
+      for_rows(s.B, 4 * H, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
           const T* ar = act + b * N;
-          const T cf = ar[k] * ar[3 * H + k];
-          tb[b * 2 * H + k] = cf;
-          tb[b * 2 * H + H + k] = cf + ar[H + k] * cpv[b * H + k];
+          for (int64_t k = 0; k < H; ++k) {
+            const T cf = ar[k] * ar[3 * H + k];
+            tb[b * 2 * H + k] = cf;
+            tb[b * 2 * H + H + k] = cf + ar[H + k] * cpv[b * H + k];
+          }
         }
-      }
+      });
       at::Tensor tanh_c = at::tanh(tanh_buffer[l]);
       const T* tc = tanh_c.data_ptr<T>();
-      for (int64_t b = 0; b < s.B; ++b) {
+      for_rows(s.B, 12 * H, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
         const bool real = m == nullptr || m[t * s.B + b];
         T* ghr = ghl + b * H;
         T* gcr = gcl + b * H;
@@ -905,6 +931,7 @@ std::vector<at::Tensor> backward_impl(
           g_zb[b] = (T(1) - zp) * (d_update - d_copy);
         }
       }
+      });
       at::Tensor g_u = at::empty({s.B, s.K[l]}, opts);  // (B, K)
       if (packed.empty()) {
         matmul<T>(g_u, grad_s[l][slot], weights[l]);
@@ -913,7 +940,8 @@ std::vector<at::Tensor> backward_impl(
       }
       const T* gu = g_u.data_ptr<T>();
       const int64_t K = s.K[l];
-      for (int64_t b = 0; b < s.B; ++b) {
+      for_rows(s.B, 2 * K, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
         const bool real = m == nullptr || m[t * s.B + b];
         const T* gur = gu + b * K;
         T* ghr = ghl + b * H;
@@ -957,6 +985,7 @@ std::vector<at::Tensor> backward_impl(
           gz[l - 1].data_ptr<T>()[b] += gzb;
         }
       }
+      });
     }
     if (t % block == 0) {  // the block [t, t + n) is done: its weight gradients
       const int64_t n = std::min(block, s.T - t);

@@ -3,10 +3,12 @@
 At small sizes the cost of the HM-LSTM in eager PyTorch is the per-operation
 overhead of tens of small operations per layer and step, not arithmetic. The
 kernels run each layer-step's elementwise work (gates, blend, boundary; and
-their backward) as one loop over the rows. The matrix products are ATen's but
-in float32 on a CPU with AVX-512, where the kernels multiply by their own tiles
-and, over many rows, from weights packed by panels of 64 columns: with a step's
-few rows MKL's product can run close to one matrix-vector product per row
+their backward) as one loop over the rows, split among torch's threads. The
+matrix products and the gates' sigmoid and tanh are ATen's, but in float32 on
+a CPU with AVX-512, where the kernels multiply by their own tiles (over many
+rows from weights packed by panels of 64 columns) and compute the
+nonlinearities themselves (within 3 ulp): with a step's few rows MKL's product
+can run close to one matrix-vector product per row, and its tanh is slow
 (``fused_cpu.cpp`` gives the figures). ``ATEN_CPU_CAPABILITY`` set to anything
 but ``avx512`` leaves them to ATen too.
 

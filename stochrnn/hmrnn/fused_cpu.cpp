@@ -1,6 +1,7 @@
 // The fused HM-LSTM sequence on the CPU: the forward and the hand-derived backward of
 // stochrnn/hmrnn/fused.py, with each layer-step's elementwise work in one loop over its
-// rows instead of tens of tensor operations. The matrix products stay ATen's.
+// rows instead of tens of tensor operations. The matrix products and the gates'
+// nonlinearities are ATen's, but in float32 on CPUs with AVX-512 (see below).
 // Built at first use by torch.utils.cpp_extension (stochrnn/hmrnn/native.py); the
 // equations and their derivation are in fused.py, which this file must match.
 #include <ATen/Parallel.h>
@@ -89,13 +90,18 @@ const T* ptr_or_null(const at::Tensor& t) {
 // The matrix products of a step: out = a b, or out = base + a b, where a holds the step's
 // rows (tens of them) and b is a weight (depth, n) read row by row. With few rows, MKL's
 // sgemm runs close to one matrix-vector product per row on some CPUs (on a Zen 4, 5 rows
-// against a 1537 x 1537 weight took 1.0 ms, one row 0.2 ms). In float32 on a CPU with
-// AVX-512, the product below reads b once per product, by panels of 64 columns kept in
-// cache across the rows, 6 rows at a time in registers: those 5 rows in 0.3 ms. Packed
+// against a 1537 x 1537 weight took 1.0 ms, one row 0.2 ms): inference skipping COPY rows
+// multiplies such row groups. In float32 on a CPU with AVX-512, the product below reads b
+// once per product, by panels of 64 columns kept in cache across the rows, 6 rows at a
+// time in registers: those 5 rows in 0.3 ms. It runs where b has unit column stride: the
+// packed weights (over many rows, below) and the backward's weights; over few rows the
+// forward and inference read the weights through transposed views, by ATen's product. Packed
 // (each panel contiguous, `PackedWeight`), b streams in order: at 64 rows a quarter to a
 // third faster than MKL there. Other dtypes and CPUs use ATen's product, as does
 // ATEN_CPU_CAPABILITY set to anything but avx512.
 constexpr int64_t kPanel = 64;  // columns per panel
+
+inline int64_t panels_of(int64_t n) { return (n + kPanel - 1) / kPanel; }
 
 // A weight packed by panels of kPanel columns for the AVX-512 product: panel p holds
 // columns [p kPanel, (p + 1) kPanel) of all `depth` rows, row after row (zeros past the
@@ -217,18 +223,20 @@ bool avx512_product_enabled() {
 #endif
 }
 
-// the product's start: out = base if base is given and is not out; whether to accumulate
+// the product's start: out = base (broadcast) if base is given; whether to accumulate
 inline bool start_product(at::Tensor& out, const at::Tensor& base) {
-  if (base.defined() && !base.is_same(out)) out.copy_(base);
+  if (base.defined()) out.copy_(base);
   return base.defined();
 }
 
-// out = a b, or out = base + a b with base (broadcast to out) given; base may be out itself
+// out = a b, or out = base + a b with base (broadcast to out) given
 template <typename T>
 void matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& base = {}) {
 #ifdef STOCHRNN_AVX512_PRODUCT
   if constexpr (std::is_same_v<T, float>) {
     if (avx512_product_enabled() && a.stride(1) == 1 && b.stride(1) == 1 && out.stride(1) == 1) {
+      TORCH_CHECK(out.size(0) == a.size(0) && out.size(1) == b.size(1) && a.size(1) == b.size(0),
+                  "matmul: out (M, N) = a (M, K) b (K, N)");
       const bool accumulate = start_product(out, base);
       const Panels w{b.data_ptr<float>(), b.stride(0), kPanel};
       return avx512_product(out, a, w, b.size(0), b.size(1), accumulate);
@@ -237,8 +245,6 @@ void matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at:
 #endif
   if (!base.defined()) {
     at::mm_out(out, a, b);
-  } else if (base.is_same(out)) {
-    out.addmm_(a, b);
   } else {
     at::addmm_out(out, base, a, b);
   }
@@ -249,7 +255,10 @@ void matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at:
 inline void matmul_packed(at::Tensor& out, const at::Tensor& a, const PackedWeight& w,
                           int64_t col0, const at::Tensor& base = {}) {
 #ifdef STOCHRNN_AVX512_PRODUCT
-  TORCH_CHECK(w.storage.defined() && col0 % kPanel == 0, "matmul_packed: a packed weight");
+  TORCH_CHECK(w.storage.defined() && col0 % kPanel == 0 && a.size(1) <= w.depth &&
+                  out.size(0) == a.size(0) && a.stride(1) == 1 && out.stride(1) == 1 &&
+                  (col0 / kPanel + panels_of(out.size(1))) * w.depth * kPanel <= w.storage.numel(),
+              "matmul_packed: out (M, n) = a (M, depth) times the packed weight's columns from col0");
   const bool accumulate = start_product(out, base);
   const Panels panels{w.storage.data_ptr<float>() + (col0 / kPanel) * w.depth * kPanel, kPanel,
                       w.depth * kPanel};
@@ -277,8 +286,6 @@ void pack_panels(at::Tensor& storage, int64_t depth, int64_t n, const Value& val
     }
   });
 }
-
-inline int64_t panels_of(int64_t n) { return (n + kPanel - 1) / kPanel; }
 
 // w (N, K) packed as the product reads it: transposed, (K, N) (the forward), or as it is,
 // (N, K) (the backward's product with the gradient of the gates)
@@ -323,10 +330,10 @@ void for_rows(int64_t rows, int64_t width, const F& f) {
 enum class Activation { kSigmoid, kTanh };
 
 #ifdef STOCHRNN_AVX512_PRODUCT
-// e^x for x in [-103.9, 88.37] (clamped there; subnormal below -87.3): x = n ln 2 + r,
-// |r| <= ln 2 / 2
+// e^x for x in [-104, 88.37] (clamped there; subnormal below -87.3, 0 at -104): x = n ln 2
+// + r, |r| <= ln 2 / 2
 __attribute__((target("avx512f"))) inline __m512 exp_avx512(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-103.9f)), _mm512_set1_ps(88.3762626647949f));
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(88.3762626647949f));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -359,15 +366,16 @@ __attribute__((target("avx512f"))) inline __m512 tanh_avx512(__m512 x) {
   q = _mm512_fmadd_ps(q, z, _mm512_set1_ps(-5.37397155531e-2f));
   q = _mm512_fmadd_ps(q, z, _mm512_set1_ps(1.33314422036e-1f));
   q = _mm512_fmadd_ps(q, z, _mm512_set1_ps(-3.33332819422e-1f));
-  const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(q, z), x, x);
+  const __m512 small_magnitude = _mm512_fmadd_ps(_mm512_mul_ps(q, z), a, a);
   // else: sign(x) (1 - 2 / (e^{2|x|} + 1))
   const __m512 one = _mm512_set1_ps(1.0f);
   const __m512 e = exp_avx512(_mm512_add_ps(a, a));
   const __m512 large = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
-  const __m512i sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN));
-  const __m512 signed_large = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(large), sign));
   const __mmask16 is_small = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.625f), _CMP_LT_OQ);
-  return _mm512_mask_blend_ps(is_small, signed_large, small);
+  const __m512 magnitude = _mm512_mask_blend_ps(is_small, large, small_magnitude);
+  // x's sign, -0 included
+  const __m512i sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN));
+  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(magnitude), sign));
 }
 
 // y[0, n) = f(x[0, n)); NaN stays NaN
@@ -498,7 +506,7 @@ std::vector<at::Tensor> forward_impl(
       } else {
         matmul_packed(act, u[l], packed[l], 0, base);
       }
-      // the nonlinearities, vectorised by ATen; then c_F = i g, c_U = c_F + f c and their tanh
+      // the nonlinearities; then c_F = i g, c_U = c_F + f c and their tanh
       activate<T>(Activation::kSigmoid, act.narrow(1, 0, 3 * H), act.narrow(1, 0, 3 * H));
       activate<T>(Activation::kTanh, act.narrow(1, 3 * H, H), act.narrow(1, 3 * H, H));
       T* cs = cells[l].data_ptr<T>();
@@ -956,7 +964,7 @@ std::vector<at::Tensor> backward_impl(
       T* gs = grad_s[l].data_ptr<T>() + slot * s.B * N;
       const T* act = acts[l].data_ptr<T>() + t * s.B * N;
       const T* cpv = c_prev[l].data_ptr<T>() + t * s.B * H;
-      // c_F, c_U of this step and their tanh (vectorised by ATen)
+      // c_F, c_U of this step and their tanh
       T* tb = tanh_buffer[l].data_ptr<T>();
       for_rows(s.B, 4 * H, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
@@ -1247,7 +1255,6 @@ at::Tensor matrix_product(const at::Tensor& a, const at::Tensor& b, const at::Te
   return out;
 }
 
-// Turns the AVX-512 product on (where available) or off; returns whether it is now used.
 // The gates' nonlinearities on their own, for the tests: (sigmoid(x), tanh(x)) of a 2-D x.
 std::vector<at::Tensor> activations(const at::Tensor& x) {
   TORCH_CHECK(x.dim() == 2, "activations: a 2-D tensor");
@@ -1261,6 +1268,8 @@ std::vector<at::Tensor> activations(const at::Tensor& x) {
   return out;
 }
 
+// Turns the AVX-512 product and nonlinearities on (where available) or off; returns
+// whether they are now used.
 bool use_avx512_product(bool on) {
 #ifdef STOCHRNN_AVX512_PRODUCT
   avx512_product_on.store(on);

@@ -54,15 +54,18 @@ def _cache_root() -> Path:
     return Path(os.environ.get("STOCHRNN_CACHE", Path.home() / ".cache" / "stochrnn"))
 
 
-def _flags() -> list[str]:
-    """The compiler flags: OpenMP where the compiler is GCC's or LLVM's on Linux, so that
-    the kernels' ``at::parallel_for`` runs on torch's threads (elsewhere it runs serially)."""
-    return ["-O3", "-fopenmp"] if sys.platform.startswith("linux") else ["-O3"]
+def _flag_sets() -> list[list[str]]:
+    """The compiler flags to try in turn: on Linux with OpenMP first, so that the
+    kernels' ``at::parallel_for`` runs on torch's threads, then without (where the
+    compiler has no OpenMP, they run on one thread)."""
+    serial = ["-O3"]
+    return [[*serial, "-fopenmp"], serial] if sys.platform.startswith("linux") else [serial]
 
 
 def _library() -> Path:
     """Where the built kernels live: one file per torch version, Python, source and flags."""
-    digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_flags()).encode()).hexdigest()[:12]
+    flags = " ".join(_flag_sets()[0]).encode()
+    digest = hashlib.sha256(_SOURCE.read_bytes() + flags).hexdigest()[:12]
     tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}"
     name = f"{_NAME}-{tag}-{digest}".replace("+", "_").replace(".", "_")
     return _cache_root() / f"{name}.so"
@@ -84,21 +87,31 @@ def _build(target: Path) -> ModuleType:
     their own and the last rename wins (both are the same), and a build that
     is killed leaves nothing behind that blocks the next one.
     """
-    from torch.utils import cpp_extension
-
     print(
         "stochrnn: compiling the native CPU kernels of the fused HM-RNN step "
         f"into {target.parent} (once; about a minute)",
         file=sys.stderr,
     )
     target.parent.mkdir(parents=True, exist_ok=True)
+    *preferred, last = _flag_sets()
+    for flags in preferred:
+        try:
+            return _compile(target, flags)
+        except Exception:
+            continue  # no OpenMP here, say: the next flags
+    return _compile(target, last)
+
+
+def _compile(target: Path, flags: list[str]) -> ModuleType:
+    from torch.utils import cpp_extension
+
     with tempfile.TemporaryDirectory(dir=target.parent, prefix="build-") as directory:
         module: ModuleType = cpp_extension.load(
             name=_NAME,
             sources=[str(_SOURCE)],
             build_directory=directory,
-            extra_cflags=_flags(),
-            extra_ldflags=["-fopenmp"] if "-fopenmp" in _flags() else [],
+            extra_cflags=flags,
+            extra_ldflags=[f for f in flags if f == "-fopenmp"],
             verbose=False,
         )
         built = Path(directory) / f"{_NAME}.so"

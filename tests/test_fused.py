@@ -31,6 +31,7 @@ from stochrnn import (
     StraightThrough,
 )
 from stochrnn.hmrnn import native
+from stochrnn.hmrnn.fused import InputProduct
 
 ESTIMATORS: dict[str, Callable[[], Any]] = {
     "gumbel-hard": lambda: GumbelSigmoid(0.5),
@@ -453,7 +454,7 @@ def test_the_step_product_equals_torch_mm(rows: int, with_base: bool) -> None:
     kernels = native.kernels()
     assert kernels is not None
     torch.manual_seed(rows)
-    for depth, columns in [(1, 1), (3, 17), (70, 64), (129, 150), (300, 1025)]:
+    for depth, columns in [(1, 1), (3, 17), (70, 64), (129, 150), (300, 1025), (1100, 70)]:
         a = torch.randn(rows, depth)
         b = torch.randn(depth, columns + 9)[:, 3 : 3 + columns]  # row stride columns + 9
         base = torch.randn(columns) if with_base else torch.empty(0)
@@ -464,6 +465,73 @@ def test_the_step_product_equals_torch_mm(rows: int, with_base: bool) -> None:
         exact = torch.addmm(base64, a64, b64) if with_base else a64 @ b64
         got64 = kernels.matrix_product(a64, b64, base64)
         torch.testing.assert_close(got64, exact, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_product_reads_a_transposed_view_and_long_depths(threads: int) -> None:
+    """The weight gradients' product ``a^T b``, ``a^T`` a transposed view (copied row-major
+    block by block of the depth), and depths over one block (512): the product agrees
+    with ``torch.mm`` to float32 rounding, on one thread and on two."""
+    kernels = native.kernels()
+    assert kernels is not None
+    torch.manual_seed(threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rows, depth, columns in [(1, 1, 1), (7, 300, 65), (70, 1100, 64), (13, 513, 130)]:
+            b = torch.randn(depth, columns)
+            for a in (torch.randn(depth, rows).t(), torch.randn(rows, depth)):
+                got = kernels.matrix_product(a, b, torch.empty(0))
+                torch.testing.assert_close(got, a @ b, atol=1e-4 * depth**0.5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_the_input_product_equals_f_linear_to_every_order(bias: bool) -> None:
+    """Layer 1's input product (``InputProduct``: the native kernels' product where it
+    runs) against ``F.linear`` in float32, over more rows than a depth block of the
+    weight gradient: the value, the gradients of the input, weight and bias, a double
+    backward, and ``torch.func.grad`` and ``vmap`` over it."""
+    torch.manual_seed(3)
+    x = torch.randn(40, 16, 24, requires_grad=True)  # 640 rows
+    weight = torch.randn(33, 24, requires_grad=True)
+    b = torch.randn(33, requires_grad=True) if bias else None
+    leaves = [x, weight] + ([b] if b is not None else [])
+    cotangent = torch.randn(40, 16, 33)
+
+    def first_and_second(product: Callable[..., Tensor]) -> list[Tensor]:
+        out = product(x, weight, b)
+        first = torch.autograd.grad(out, leaves, cotangent, create_graph=True)
+        second = torch.autograd.grad(
+            sum((g**2).sum() for g in first), leaves, allow_unused=True, materialize_grads=True
+        )
+        return [out, *first, *second]
+
+    got = first_and_second(InputProduct.apply)
+    expected = first_and_second(torch.nn.functional.linear)
+    for u, v in zip(got, expected, strict=True):
+        torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
+    once = torch.autograd.grad(InputProduct.apply(x, weight, b), leaves, cotangent)
+    for u, v in zip(once, expected[1 : 1 + len(leaves)], strict=True):
+        torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
+
+    def loss(w: Tensor, product: Callable[..., Tensor]) -> Tensor:
+        return (product(x.detach(), w, None) * cotangent).sum()
+
+    torch.testing.assert_close(
+        torch.func.grad(loss)(weight.detach(), InputProduct.apply),
+        torch.func.grad(loss)(weight.detach(), torch.nn.functional.linear),
+        atol=1e-4,
+        rtol=1e-4,
+    )
+    batched = torch.func.vmap(lambda w: InputProduct.apply(x.detach(), w, None))
+    torch.testing.assert_close(
+        batched(torch.stack([weight.detach(), 2 * weight.detach()])),
+        torch.stack([x.detach() @ weight.detach().t() * k for k in (1, 2)]),
+        atol=1e-4,
+        rtol=1e-4,
+    )
 
 
 @pytest.mark.parametrize("sizes", [[7, 70, 9], [33, 16, 65], [21, 64, 5]])

@@ -94,11 +94,16 @@ const T* ptr_or_null(const at::Tensor& t) {
 // multiplies such row groups. In float32 on a CPU with AVX-512, the product below reads b
 // once per product, by panels of 64 columns kept in cache across the rows, 6 rows at a
 // time in registers: those 5 rows in 0.3 ms. It runs where b has unit column stride: the
-// packed weights (over many rows, below) and the backward's weights; over few rows the
-// forward and inference read the weights through transposed views, by ATen's product. Packed
-// (each panel contiguous, `PackedWeight`), b streams in order: at 64 rows a quarter to a
-// third faster than MKL there. Other dtypes and CPUs use ATen's product, as does
-// ATEN_CPU_CAPABILITY set to anything but avx512.
+// packed weights (over many rows, below), the backward's weights, the weight gradients
+// (a^T b over a block of steps) and layer 1's input product over all steps (fused.py's
+// InputProduct); over few rows the forward and inference read the weights through
+// transposed views, by ATen's product. Packed (each panel contiguous, `PackedWeight`), b
+// streams in order: at 64 rows a quarter to a third faster than MKL on a Zen 4. On a Zen 5
+// (full-width AVX-512 units; MKL's sgemm ran at about 90 GFLOP/s a core, under half the
+// peak of 231) it ran at 200-227 GFLOP/s at the shapes of the steps, the weight gradients
+// and the input product (hidden 512).
+// Other dtypes and CPUs use ATen's product, as does ATEN_CPU_CAPABILITY set to anything
+// but avx512.
 constexpr int64_t kPanel = 64;  // columns per panel
 
 inline int64_t panels_of(int64_t n) { return (n + kPanel - 1) / kPanel; }
@@ -113,10 +118,12 @@ struct PackedWeight {
 
 #ifdef STOCHRNN_AVX512_PRODUCT
 constexpr int kTileRows = 6, kTileVectors = kPanel / 16;
+constexpr int64_t kDepthBlock = 512;
 
 // R rows (R <= kTileRows) by one panel of `cols` <= kPanel columns; b the panel's first
-// column of row 0, ldb the step from one row to the next
-template <int R>
+// column of row 0, ldb the step from one row to the next. kFull: cols = kPanel, read and
+// written without masks (masked loads of b ran the Zen 5 at a third of the speed).
+template <int R, bool kFull>
 __attribute__((target("avx512f"))) void product_tile(
     const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
     int64_t depth, int64_t cols, bool accumulate) {
@@ -130,15 +137,17 @@ __attribute__((target("avx512f"))) void product_tile(
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
     for (int v = 0; v < kTileVectors; ++v) {
-      acc[r][v] = accumulate ? _mm512_maskz_loadu_ps(mask[v], c + r * ldc + 16 * v)
-                             : _mm512_setzero_ps();
+      acc[r][v] = !accumulate ? _mm512_setzero_ps()
+                  : kFull     ? _mm512_loadu_ps(c + r * ldc + 16 * v)
+                              : _mm512_maskz_loadu_ps(mask[v], c + r * ldc + 16 * v);
     }
   }
   for (int64_t k = 0; k < depth; ++k) {
     __m512 w[kTileVectors];
 #pragma GCC unroll 4
     for (int v = 0; v < kTileVectors; ++v) {
-      w[v] = _mm512_maskz_loadu_ps(mask[v], b + k * ldb + 16 * v);
+      w[v] = kFull ? _mm512_loadu_ps(b + k * ldb + 16 * v)
+                   : _mm512_maskz_loadu_ps(mask[v], b + k * ldb + 16 * v);
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
@@ -151,9 +160,21 @@ __attribute__((target("avx512f"))) void product_tile(
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
     for (int v = 0; v < kTileVectors; ++v) {
-      _mm512_mask_storeu_ps(c + r * ldc + 16 * v, mask[v], acc[r][v]);
+      if (kFull) {
+        _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
+      } else {
+        _mm512_mask_storeu_ps(c + r * ldc + 16 * v, mask[v], acc[r][v]);
+      }
     }
   }
+}
+
+// R rows of a panel, with or without masks
+template <int R>
+void product_block(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                   int64_t ldc, int64_t depth, int64_t cols, bool accumulate) {
+  if (cols == kPanel) return product_tile<R, true>(a, lda, b, ldb, c, ldc, depth, cols, accumulate);
+  product_tile<R, false>(a, lda, b, ldb, c, ldc, depth, cols, accumulate);
 }
 
 // the last rows < kTileRows of a panel: the tile of that height
@@ -161,7 +182,7 @@ template <int R>
 void product_tail(int64_t rows, const float* a, int64_t lda, const float* b, int64_t ldb,
                   float* c, int64_t ldc, int64_t depth, int64_t cols, bool accumulate) {
   if constexpr (R > 0) {
-    if (rows == R) return product_tile<R>(a, lda, b, ldb, c, ldc, depth, cols, accumulate);
+    if (rows == R) return product_block<R>(a, lda, b, ldb, c, ldc, depth, cols, accumulate);
     product_tail<R - 1>(rows, a, lda, b, ldb, c, ldc, depth, cols, accumulate);
   }
 }
@@ -185,29 +206,69 @@ struct Panels {
   int64_t ld, panel_stride;
 };
 
-// out (M, n) = a (M, depth) b, or += (accumulate); the panels split among the threads
-void avx512_product(at::Tensor& out, const at::Tensor& a, Panels w, int64_t depth, int64_t n,
-                    bool accumulate) {
-  const int64_t M = a.size(0);
-  const float* pa = a.data_ptr<float>();
+// out (M, n) = a (M, depth) b, or += (accumulate), a row-major; the panels split among the
+// threads, the depth in blocks, so that a panel's block of b (at most 128 KiB) stays in L2
+// across the tiles
+void product_rows(at::Tensor& out, const float* pa, int64_t lda, int64_t M, Panels w,
+                  int64_t depth, int64_t n, bool accumulate) {
   float* pc = out.data_ptr<float>();
-  const int64_t lda = a.stride(0), ldc = out.stride(0);
+  const int64_t ldc = out.stride(0);
   const int64_t panels = (n + kPanel - 1) / kPanel;
   // panels per thread: at least about 2^18 multiply-adds each, or threads cost more
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, M * depth * kPanel));
   at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t j = p * kPanel, cols = std::min(kPanel, n - j);
-      const float* b = w.b + p * w.panel_stride;
-      int64_t r = 0;
-      for (; r + kTileRows <= M; r += kTileRows) {
-        product_tile<kTileRows>(pa + r * lda, lda, b, w.ld, pc + r * ldc + j, ldc, depth, cols,
-                                accumulate);
+      for (int64_t k0 = 0; k0 < depth; k0 += kDepthBlock) {
+        const int64_t block = std::min(kDepthBlock, depth - k0);
+        const float* b = w.b + p * w.panel_stride + k0 * w.ld;
+        const float* a = pa + k0;
+        const bool add = accumulate || k0 > 0;
+        int64_t r = 0;
+        for (; r + kTileRows <= M; r += kTileRows) {
+          product_block<kTileRows>(a + r * lda, lda, b, w.ld, pc + r * ldc + j, ldc, block, cols,
+                                   add);
+        }
+        product_tail<kTileRows - 1>(M - r, a + r * lda, lda, b, w.ld, pc + r * ldc + j, ldc,
+                                    block, cols, add);
       }
-      product_tail<kTileRows - 1>(M - r, pa + r * lda, lda, b, w.ld, pc + r * ldc + j, ldc, depth,
-                                  cols, accumulate);
     }
   });
+}
+
+// the same with a row-major (unit column stride) or a transposed view (unit row stride:
+// the weight gradients' a^T, which is copied row-major block by block of its depth; read
+// in place, its rows' elements lie a row of the matrix apart, and the product ran at
+// about half speed)
+void avx512_product(at::Tensor& out, const at::Tensor& a, Panels w, int64_t depth, int64_t n,
+                    bool accumulate) {
+  const int64_t M = a.size(0);
+  if (a.stride(1) == 1) {
+    return product_rows(out, a.data_ptr<float>(), a.stride(0), M, w, depth, n, accumulate);
+  }
+  TORCH_CHECK(a.stride(0) == 1, "avx512_product: a row-major or a transposed view");
+  const float* src = a.data_ptr<float>();
+  const int64_t lds = a.stride(1);
+  // (M, kDepthBlock), the block of a row-major; the workers below reach it through the
+  // pointer (a thread_local named in their loop would be each worker's own)
+  thread_local std::vector<float> buffer;
+  buffer.resize(M * kDepthBlock);
+  float* rows = buffer.data();
+  for (int64_t k0 = 0; k0 < depth; k0 += kDepthBlock) {
+    const int64_t block = std::min(kDepthBlock, depth - k0);
+    // tiles of 16 rows of a by 64 of its depth
+    at::parallel_for(0, (M + 15) / 16, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t r0 = t0 * 16; r0 < std::min(M, t1 * 16); r0 += 16) {
+        const int64_t r1 = std::min(M, r0 + 16);
+        for (int64_t k = 0; k < block; ++k) {
+          const float* from = src + (k0 + k) * lds;
+          for (int64_t r = r0; r < r1; ++r) rows[r * kDepthBlock + k] = from[r];
+        }
+      }
+    });
+    const Panels part{w.b + k0 * w.ld, w.ld, w.panel_stride};
+    product_rows(out, rows, kDepthBlock, M, part, block, n, accumulate || k0 > 0);
+  }
 }
 #endif
 
@@ -229,21 +290,30 @@ inline bool start_product(at::Tensor& out, const at::Tensor& base) {
   return base.defined();
 }
 
-// out = a b, or out = base + a b with base (broadcast to out) given
+// The product of the steps and of the weight gradients: out = a b, or out = base + a b
+// with base (broadcast to out) given, or out += a b (Accumulate::kYes). a row-major or a
+// transposed view.
+enum class Accumulate { kNo, kYes };
+
 template <typename T>
-void matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& base = {}) {
+void matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& base = {},
+            Accumulate mode = Accumulate::kNo) {
+  const bool add = mode == Accumulate::kYes;
 #ifdef STOCHRNN_AVX512_PRODUCT
   if constexpr (std::is_same_v<T, float>) {
-    if (avx512_product_enabled() && a.stride(1) == 1 && b.stride(1) == 1 && out.stride(1) == 1) {
+    if (avx512_product_enabled() && (a.stride(1) == 1 || a.stride(0) == 1) && b.stride(1) == 1 &&
+        out.stride(1) == 1) {
       TORCH_CHECK(out.size(0) == a.size(0) && out.size(1) == b.size(1) && a.size(1) == b.size(0),
                   "matmul: out (M, N) = a (M, K) b (K, N)");
-      const bool accumulate = start_product(out, base);
+      const bool accumulate = add || start_product(out, base);
       const Panels w{b.data_ptr<float>(), b.stride(0), kPanel};
       return avx512_product(out, a, w, b.size(0), b.size(1), accumulate);
     }
   }
 #endif
-  if (!base.defined()) {
+  if (add) {
+    out.addmm_(a, b);
+  } else if (!base.defined()) {
     at::mm_out(out, a, b);
   } else {
     at::addmm_out(out, base, a, b);
@@ -1100,7 +1170,7 @@ std::vector<at::Tensor> backward_impl(
         for (int64_t tt = t; tt < t + n; ++tt)
           for (int64_t b = 0; b < s.B; ++b) st.inputs(l, tt, b, ub + ((tt - t) * s.B + b) * K);
         at::Tensor gs = grad_s[l].narrow(0, l == 0 ? t : 0, n).reshape({n * s.B, N});
-        grad_w[l].addmm_(gs.t(), inputs[l].narrow(0, 0, n * s.B));
+        matmul<T>(grad_w[l], gs.t(), inputs[l].narrow(0, 0, n * s.B), {}, Accumulate::kYes);
         grad_b[l].add_(gs.sum(0));
       }
     }
@@ -1242,7 +1312,8 @@ std::vector<at::Tensor> backward(
   return out;
 }
 
-// The step's matrix product on its own, for the tests: a b, or base + a b (base defined).
+// The kernels' matrix product on its own (layer 1's input product over all steps and its
+// gradients, in fused.py; the tests): a b, or base + a b (base defined).
 at::Tensor matrix_product(const at::Tensor& a, const at::Tensor& b, const at::Tensor& base) {
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0),
               "matrix_product: a (M, K) and b (K, N)");
@@ -1280,7 +1351,7 @@ bool use_avx512_product(bool on) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("matrix_product", &matrix_product, "the steps' matrix product (for the tests)");
+  m.def("matrix_product", &matrix_product, "the kernels' matrix product (layer 1's input product; the tests)");
   m.def("activations", &activations, "the gates' sigmoid and tanh (for the tests)");
   m.def("use_avx512_product", &use_avx512_product,
         "turn the float32 AVX-512 product on (where available) or off; whether it is used");

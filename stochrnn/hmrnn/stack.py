@@ -19,7 +19,7 @@ from .cell import (
     HMRNNState,
     _check_size,
 )
-from .fused import FusedSequence, SequenceConfig, _Inputs, run_inference
+from .fused import FusedSequence, InputProduct, SequenceConfig, _Inputs, run_inference
 
 StepFunction = Callable[
     [Tensor, HMRNNState, Tensor | None, torch.Generator | None],
@@ -466,7 +466,11 @@ class HMRNN(nn.Module):
         first = self.layers[0]
         # contiguous operands: the product over all steps runs at full speed
         weight = first.weight_bottom_up.contiguous()
-        return F.linear(steps_first.contiguous(), weight, first.bias)
+        x = steps_first.contiguous()
+        if x.device.type == "cpu":  # the native kernels' product where it runs
+            out: Tensor = InputProduct.apply(x, weight, first.bias)  # type: ignore[no-untyped-call]
+            return out
+        return F.linear(x, weight, first.bias)
 
     def _run_per_step(
         self,

@@ -482,7 +482,17 @@ class InputProduct(torch.autograd.Function):
     """Layer 1's input product over all steps, ``F.linear(x, weight, bias)``, by the native
     kernels' matrix product where it runs (:func:`_product_kernels`), else by torch's; its
     backward likewise. A backward that is itself recorded (``create_graph=True``) and
-    :mod:`torch.func` transforms use torch's products, which autograd differentiates."""
+    :mod:`torch.func` transforms use torch's products, which autograd differentiates.
+
+    Example::
+
+        >>> import torch
+        >>> from stochrnn.hmrnn.fused import InputProduct
+        >>> x, w, b = torch.randn(5, 2, 3), torch.randn(4, 3), torch.randn(4)
+        >>> out = InputProduct.apply(x, w, b)
+        >>> out.shape, torch.allclose(out, torch.nn.functional.linear(x, w, b), atol=1e-5)
+        (torch.Size([5, 2, 4]), True)
+    """
 
     generate_vmap_rule = True
 

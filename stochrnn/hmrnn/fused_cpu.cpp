@@ -548,7 +548,9 @@ void activate(Activation f, const at::Tensor& x, at::Tensor out) {
 
 // What both passes read of the sequence, row by row: a layer's h and z before a step (the
 // initial state before the first), the boundary below it at the step (1 for the first
-// layer), and the gated inputs u = [z_b x, h, z_p h_above] of its product.
+// layer), and the gated inputs u = [z_b x, h, z_p h_above] of its product. Inputs are
+// read through const_data_ptr: called from the threads of parallel loops, a mutable
+// data_ptr on a lazily cloned (copy-on-write) input would materialise it from several.
 template <typename T>
 struct States {
   const Layout& s;
@@ -559,7 +561,7 @@ struct States {
   const std::vector<at::Tensor>& dropout;
 
   T prev_z(int64_t l, int64_t t, int64_t b) const {
-    return t > 0 ? z[((t - 1) * s.B + b) * s.L + l] : z0[l].data_ptr<T>()[b];
+    return t > 0 ? z[((t - 1) * s.B + b) * s.L + l] : z0[l].const_data_ptr<T>()[b];
   }
   T below_z(int64_t l, int64_t t, int64_t b) const {
     return l > 0 ? z[(t * s.B + b) * s.L + l - 1] : T(1);
@@ -568,11 +570,12 @@ struct States {
     return hidden + (t * s.B + b) * s.total + s.col[l];
   }
   const T* prev_h(int64_t l, int64_t t, int64_t b) const {
-    return t > 0 ? h(l, t - 1, b) : h0[l].data_ptr<T>() + b * s.H[l];
+    return t > 0 ? h(l, t - 1, b) : h0[l].const_data_ptr<T>() + b * s.H[l];
   }
   // the dropout mask of layer l's input from below at (t, b), or nullptr
   const T* drop(int64_t l, int64_t t, int64_t b) const {
-    return present(dropout[l]) ? dropout[l].data_ptr<T>() + (t * s.B + b) * s.H[l - 1] : nullptr;
+    return present(dropout[l]) ? dropout[l].const_data_ptr<T>() + (t * s.B + b) * s.H[l - 1]
+                               : nullptr;
   }
   void inputs(int64_t l, int64_t t, int64_t b, T* u) const {
     const int64_t H = s.H[l], Hb = l > 0 ? s.H[l - 1] : 0;

@@ -487,6 +487,54 @@ def test_the_product_reads_a_transposed_view_and_long_depths(threads: int) -> No
         torch.set_num_threads(before)
 
 
+def test_a_product_of_depth_zero_is_zero() -> None:
+    """No depth, nothing to sum: zeros (row-major and transposed ``a``), not the
+    uninitialised output."""
+    kernels = native.kernels()
+    assert kernels is not None
+    for a in (torch.randn(7, 0), torch.randn(0, 7).t()):
+        got = kernels.matrix_product(a, torch.randn(0, 70), torch.empty(0))
+        torch.testing.assert_close(got, torch.zeros(7, 70), atol=0, rtol=0)
+
+
+def test_weight_gradients_over_several_blocks_of_steps_agree_with_atens() -> None:
+    """Over more than 512 rows (8 x 80) the backward sums the weight gradients of several
+    blocks of steps into one (``out += a^T b``): on the AVX-512 tiles as on ATen's
+    product, to float32 rounding."""
+    torch.manual_seed(11)
+    rnn = HMRNN(5, 24, num_layers=3, boundary=GumbelSigmoid(0.5))
+    x = torch.randn(8, 80, 5)
+    grads = []
+    for on in (True, False):
+        with native_kernels(True), avx512_product(on):
+            out = rnn(x, generator=torch.Generator().manual_seed(0))
+            grads.append(torch.autograd.grad(loss_of(out), list(rnn.parameters())))
+    for u, v in zip(*grads, strict=True):
+        torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inference_under_inference_mode_on_two_threads(dtype: torch.dtype) -> None:
+    """The rest of a layer-step runs on torch's threads in one region, ATen's operations
+    included (ATen's nonlinearities in float64): under ``torch.inference_mode`` too, with
+    the numbers of ``torch.no_grad``."""
+    torch.manual_seed(12)
+    rnn = HMRNN(6, 300, num_layers=2, boundary=GumbelSigmoid(0.5)).to(dtype)
+    x = torch.randn(64, 4, 6, dtype=dtype)  # 64 rows a step: shares of a few rows each
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with native_kernels(True):
+            with torch.no_grad():
+                expected = rnn(x, generator=torch.Generator().manual_seed(1))
+            with torch.inference_mode():
+                got = rnn(x, generator=torch.Generator().manual_seed(1))
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(got.boundaries, expected.boundaries, atol=0, rtol=0)
+    torch.testing.assert_close(got.output, expected.output, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 def test_the_input_product_equals_f_linear_to_every_order(bias: bool) -> None:
     """Layer 1's input product (``InputProduct``: the native kernels' product where it

@@ -471,8 +471,11 @@ def _native_kernels(inp: _Inputs, *more: Any) -> Any:
 def _product_kernels(*tensors: Tensor) -> Any:
     """The native kernels where their matrix product can take these float32 CPU tensors
     (on CPUs with AVX-512 about twice MKL's speed at the input product's shapes), else
-    ``None``: elsewhere torch's product is as fast."""
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+    ``None``: elsewhere torch's product is as fast; under CPU autocast (which lowers
+    ``F.linear``'s precision) and for empty tensors torch's runs."""
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 or t.numel() == 0 for t in tensors):
+        return None
+    if torch.is_autocast_enabled("cpu"):
         return None
     kernels = native.kernels()
     return kernels if kernels is not None and kernels.supported(list(tensors)) else None

@@ -5,6 +5,7 @@
 // Built at first use by torch.utils.cpp_extension (stochrnn/hmrnn/native.py); the
 // equations and their derivation are in fused.py, which this file must match.
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/extension.h>
 
 #include <atomic>
@@ -120,8 +121,8 @@ struct PackedWeight {
 constexpr int kTileRows = 6, kTileVectors = kPanel / 16;
 constexpr int64_t kDepthBlock = 512;
 
-// the depth split into blocks of at most kDepthBlock, as even as can be (1537: 3 of 513,
-// not 512, 512, 512 and 1, which cost a pass over the output for one row of b)
+// the depth split into blocks of at most kDepthBlock, as even as can be (1537: 385, 385,
+// 385 and 382, not 512, 512, 512 and 1, which cost a pass over the output for one row of b)
 inline int64_t depth_block(int64_t depth) {
   const int64_t blocks = (depth + kDepthBlock - 1) / kDepthBlock;
   return blocks <= 1 ? depth : (depth + blocks - 1) / blocks;
@@ -260,31 +261,37 @@ void product_rows(at::Tensor& out, const float* pa, int64_t lda, int64_t M, Pane
 void avx512_product(at::Tensor& out, const at::Tensor& a, Panels w, int64_t depth, int64_t n,
                     bool accumulate) {
   const int64_t M = a.size(0);
+  if (depth == 0) {  // no blocks to run: the product is 0
+    if (!accumulate) out.zero_();
+    return;
+  }
   if (a.stride(1) == 1) {
     return product_rows(out, a.data_ptr<float>(), a.stride(0), M, w, depth, n, accumulate);
   }
   TORCH_CHECK(a.stride(0) == 1, "avx512_product: a row-major or a transposed view");
   const float* src = a.data_ptr<float>();
   const int64_t lds = a.stride(1);
-  // (M, kDepthBlock), the block of a row-major; the workers below reach it through the
+  // (M, step), a block of a row-major, in memory this thread keeps (at the size of the
+  // largest block it has held) across calls; the workers below reach it through the
   // pointer (a thread_local named in their loop would be each worker's own)
+  const int64_t step = depth_block(depth);
   thread_local std::vector<float> buffer;
-  buffer.resize(M * kDepthBlock);
+  buffer.resize(M * step);
   float* rows = buffer.data();
-  for (int64_t k0 = 0; k0 < depth; k0 += kDepthBlock) {
-    const int64_t block = std::min(kDepthBlock, depth - k0);
-    // tiles of 16 rows of a by 64 of its depth
+  for (int64_t k0 = 0; k0 < depth; k0 += step) {
+    const int64_t block = std::min(step, depth - k0);
+    // 16 rows of a at a time, over the block's depth
     at::parallel_for(0, (M + 15) / 16, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t r0 = t0 * 16; r0 < std::min(M, t1 * 16); r0 += 16) {
         const int64_t r1 = std::min(M, r0 + 16);
         for (int64_t k = 0; k < block; ++k) {
           const float* from = src + (k0 + k) * lds;
-          for (int64_t r = r0; r < r1; ++r) rows[r * kDepthBlock + k] = from[r];
+          for (int64_t r = r0; r < r1; ++r) rows[r * step + k] = from[r];
         }
       }
     });
     const Panels part{w.b + k0 * w.ld, w.ld, w.panel_stride, w.padded};
-    product_rows(out, rows, kDepthBlock, M, part, block, n, accumulate || k0 > 0);
+    product_rows(out, rows, step, M, part, block, n, accumulate || k0 > 0);
   }
 }
 #endif
@@ -316,6 +323,7 @@ template <typename T>
 void matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& base = {},
             Accumulate mode = Accumulate::kNo) {
   const bool add = mode == Accumulate::kYes;
+  TORCH_CHECK(!(add && base.defined()), "matmul: out += a b takes no base");
 #ifdef STOCHRNN_AVX512_PRODUCT
   if constexpr (std::is_same_v<T, float>) {
     if (avx512_product_enabled() && (a.stride(1) == 1 || a.stride(0) == 1) && b.stride(1) == 1 &&
@@ -441,7 +449,7 @@ bool pack_weights(int64_t rows) {
 // writes, so that a share is worth a thread (small models run on one).
 template <typename F>
 void for_rows(int64_t rows, int64_t width, const F& f) {
-  at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, width)), f);
+  at::parallel_for(0, rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(1, width)), f);
 }
 
 // The gates' nonlinearities. In float32 on a CPU with AVX-512, the kernels' own: ATen's
@@ -1007,7 +1015,12 @@ std::vector<at::Tensor> infer_impl(
         return real;
       };
       auto sigmoid = [](at::Tensor v) { activate<T>(Activation::kSigmoid, v, v); };
+      // ATen's operations run on the workers below (ATen's nonlinearities where the
+      // kernels' own do not run): with this thread's state (inference mode, grad mode),
+      // which at::parallel_for does not hand them
+      const at::ThreadLocalState state;
       for_rows(n_active, 12 * H, [&](int64_t r0, int64_t r1) {
+        const at::ThreadLocalStateGuard with_state(state);
         if (packing) {  // the logit, a dot product (UPDATE rows: the layer above's input 0)
           for (int64_t r = r0; r < r1; ++r) {
             packed_logit(pp + r * N + at_.logit, u[l].data_ptr<T>() + r * K, packed[l],

@@ -461,13 +461,16 @@ class HMRNN(nn.Module):
             return self._run_per_step(self._project(steps_first), state, mask, generator)
         return self._run_fused(config, steps_first, state, mask, generator)
 
-    def _project(self, steps_first: Tensor) -> Tensor:
-        """Layer 1's input product over all steps at once, ``W_bu x_t + b``."""
+    def _project(self, steps_first: Tensor, native: bool = False) -> Tensor:
+        """Layer 1's input product over all steps at once, ``W_bu x_t + b``; with
+        ``native``, on the CPU, by the native kernels' product where it runs (the fused
+        path; ``InputProduct`` has no forward-mode derivative, which the per-step path
+        keeps)."""
         first = self.layers[0]
         # contiguous operands: the product over all steps runs at full speed
         weight = first.weight_bottom_up.contiguous()
         x = steps_first.contiguous()
-        if x.device.type == "cpu":  # the native kernels' product where it runs
+        if native and x.device.type == "cpu":
             out: Tensor = InputProduct.apply(x, weight, first.bias)  # type: ignore[no-untyped-call]
             return out
         return F.linear(x, weight, first.bias)
@@ -536,7 +539,7 @@ class HMRNN(nn.Module):
             # for a backward: layer 1's input product over all steps at once
             inputs = replace(
                 raw,
-                projected=self._project(steps_first),
+                projected=self._project(steps_first, native=True),
                 weights=[cell.fused_weight(bottom_up=l > 0) for l, cell in enumerate(self.layers)],
                 biases=[None, *raw.biases[1:]],
             )

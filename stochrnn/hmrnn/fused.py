@@ -455,17 +455,22 @@ def _parameter_grads(
     return grad_weights, grad_biases
 
 
+def _kernels_reading(
+    ref: Tensor, tensors: Sequence[Tensor], dtypes: tuple[torch.dtype, ...]
+) -> Any:
+    """The native kernels if they can read ``tensors`` (``ref`` on the CPU in one of
+    ``dtypes``; none wrapped by a torch.func transform), else ``None``."""
+    if ref.device.type != "cpu" or ref.dtype not in dtypes:
+        return None
+    kernels = native.kernels()
+    return kernels if kernels is not None and kernels.supported(list(tensors)) else None
+
+
 def _native_kernels(inp: _Inputs, *more: Any) -> Any:
     """The native kernels when they can run this call (``inp`` and ``more`` tensors), else
     ``None``: not on the CPU, not float32/float64, or wrapped by a torch.func transform."""
-    ref = inp.projected
-    if ref.device.type != "cpu" or ref.dtype not in (torch.float32, torch.float64):
-        return None
-    kernels = native.kernels()
-    if kernels is None:
-        return None
     tensors = [t for t in (*inp.flatten(), *more) if isinstance(t, Tensor)]
-    return kernels if kernels.supported(tensors) else None
+    return _kernels_reading(inp.projected, tensors, (torch.float32, torch.float64))
 
 
 def _product_kernels(*tensors: Tensor) -> Any:
@@ -477,8 +482,7 @@ def _product_kernels(*tensors: Tensor) -> Any:
         return None
     if torch.is_autocast_enabled("cpu"):
         return None
-    kernels = native.kernels()
-    return kernels if kernels is not None and kernels.supported(list(tensors)) else None
+    return _kernels_reading(tensors[0], tensors, (torch.float32,))
 
 
 class InputProduct(torch.autograd.Function):

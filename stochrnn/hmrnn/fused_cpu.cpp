@@ -772,10 +772,12 @@ struct InferenceWeight {
   const float* logit;  // (K + 1): its bias, then its weights
   // where the columns of f start in `gates`
   static int64_t f_start(int64_t H) { return panels_of(3 * H) * kPanel; }
-  // the storage for a weight of depth K + 1, in rows of kPanel
-  static int64_t rows(int64_t H, int64_t depth) {
-    return (panels_of(3 * H) + panels_of(H)) * depth + panels_of(depth);
+  // the storage of the gates' panels for a weight of depth K + 1, in rows of kPanel; then
+  // of the logit's column too
+  static int64_t gate_rows(int64_t H, int64_t depth) {
+    return (panels_of(3 * H) + panels_of(H)) * depth;
   }
+  static int64_t rows(int64_t H, int64_t depth) { return gate_rows(H, depth) + panels_of(depth); }
 };
 
 InferenceWeight inference_packed(const at::Tensor& w, const at::Tensor& bias, at::Tensor& storage) {
@@ -786,7 +788,7 @@ InferenceWeight inference_packed(const at::Tensor& w, const at::Tensor& bias, at
   for (int64_t j = 0; j < H; ++j) source[f_start + j] = gate_source(3 * H + 1 + j, H);
   const float* src = w.data_ptr<float>();
   const float* b = bias.data_ptr<float>();
-  const int64_t panel_rows = (panels_of(3 * H) + panels_of(H)) * (K + 1);
+  const int64_t panel_rows = InferenceWeight::gate_rows(H, K + 1);
   PackedWeight gates{storage.narrow(0, 0, panel_rows), K + 1};
   pack_transposed(gates.storage, src, K, b, source);
   float* logit = storage.data_ptr<float>() + panel_rows * kPanel;
@@ -1023,7 +1025,7 @@ std::vector<at::Tensor> infer_impl(
         const at::ThreadLocalStateGuard with_state(state);
         if (packing) {  // the logit, a dot product (UPDATE rows: the layer above's input 0)
           for (int64_t r = r0; r < r1; ++r) {
-            packed_logit(pp + r * N + at_.logit, u[l].data_ptr<T>() + r * K, packed[l],
+            packed_logit(pp + r * N + at_.logit, ub + r * K, packed[l],
                          r < n_update ? update_depth : K);
           }
         }

@@ -470,7 +470,8 @@ def test_the_step_product_equals_torch_mm(rows: int, with_base: bool) -> None:
 @pytest.mark.parametrize("threads", [1, 2])
 def test_the_product_reads_a_transposed_view_and_long_depths(threads: int) -> None:
     """The weight gradients' product ``a^T b``, ``a^T`` a transposed view (copied row-major
-    block by block of the depth), and depths over one block (512): the product agrees
+    block by block of the depth), depths over one block (512), and rows over one block
+    (192; b copied panel by panel into each thread's own memory): the product agrees
     with ``torch.mm`` to float32 rounding, on one thread and on two."""
     kernels = native.kernels()
     assert kernels is not None
@@ -478,7 +479,8 @@ def test_the_product_reads_a_transposed_view_and_long_depths(threads: int) -> No
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for rows, depth, columns in [(1, 1, 1), (7, 300, 65), (70, 1100, 64), (13, 513, 130)]:
+        sizes = [(1, 1, 1), (7, 300, 65), (70, 1100, 64), (13, 513, 130), (400, 600, 130)]
+        for rows, depth, columns in sizes:
             b = torch.randn(depth, columns)
             for a in (torch.randn(depth, rows).t(), torch.randn(rows, depth)):
                 got = kernels.matrix_product(a, b, torch.empty(0))

@@ -250,8 +250,27 @@ void product_rows(at::Tensor& out, const float* pa, int64_t lda, int64_t M, Pane
   float* pc = out.data_ptr<float>();
   const int64_t ldc = out.stride(0);
   const int64_t panels = (n + kPanel - 1) / kPanel;
-  const bool pack = w.ld != kPanel && M > kTileRows;
+  bool pack = w.ld != kPanel && M > kTileRows;
   const int64_t step = depth_block(depth);
+  if (pack && M > kRowBlock) {
+    // several row blocks would copy every block of b again: copy all of b once, by panels,
+    // into memory this thread keeps (at the size of the largest b it has held)
+    thread_local std::vector<float> whole;
+    whole.resize(panels * depth * kPanel);
+    float* to = whole.data();
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t cols = std::min(kPanel, n - p * kPanel);
+        for (int64_t k = 0; k < depth; ++k) {
+          float* row = to + (p * depth + k) * kPanel;
+          std::copy_n(w.b + p * w.panel_stride + k * w.ld, cols, row);
+          std::fill(row + cols, row + kPanel, 0.0f);
+        }
+      }
+    });
+    w = Panels{to, kPanel, depth * kPanel, true};
+    pack = false;
+  }
   // panels per thread: at least about 2^18 multiply-adds each, or threads cost more
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, M * depth * kPanel));
   at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
@@ -303,6 +322,33 @@ void product_rows(at::Tensor& out, const float* pa, int64_t lda, int64_t M, Pane
   });
 }
 
+// to[r ldt + k] = from[k ldf + r] for r, k < 16: 16 rows of 16 floats transposed in registers
+__attribute__((target("avx512f"))) void transpose16(const float* from, int64_t ldf, float* to, int64_t ldt) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(from + i * ldf);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+  }
+  for (int h = 0; h < 16; h += 8) {
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+    }
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(to + i * ldt, r[i]);
+}
+
 // the same with a row-major (unit column stride) or a transposed view (unit row stride:
 // the weight gradients' a^T, which is copied row-major block by block of its depth; read
 // in place, its rows' elements lie a row of the matrix apart, and the product ran at
@@ -333,7 +379,13 @@ void avx512_product(at::Tensor& out, const at::Tensor& a, Panels w, int64_t dept
     at::parallel_for(0, (M + 15) / 16, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t r0 = t0 * 16; r0 < std::min(M, t1 * 16); r0 += 16) {
         const int64_t r1 = std::min(M, r0 + 16);
-        for (int64_t k = 0; k < block; ++k) {
+        int64_t k = 0;
+        if (r1 - r0 == 16) {
+          for (; k + 16 <= block; k += 16) {
+            transpose16(src + (k0 + k) * lds + r0, lds, rows + r0 * step + k, step);
+          }
+        }
+        for (; k < block; ++k) {
           const float* from = src + (k0 + k) * lds;
           for (int64_t r = r0; r < r1; ++r) rows[r * step + k] = from[r];
         }

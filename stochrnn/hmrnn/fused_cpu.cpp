@@ -236,91 +236,13 @@ struct Panels {
   bool padded = false;
 };
 
-// out (M, n) = a (M, depth) b, or += (accumulate), a row-major; the panels split among the
-// threads, the depth in blocks, so that a panel's block of b (about 128 KiB at most) stays
-// in L2 across the tiles, and the rows in blocks of kRowBlock, so that a's block stays in
-// L2 across a thread's panels. Unpacked b is copied a panel's block at a time into memory of
-// the thread's own (padded to kPanel columns) where more than one tile reads it: its rows
-// lie a row of b apart, and at a row of 2048 floats (the gate weights' 4 x 512) they fall
-// into few cache sets; read in place, the tiles ran at a third of their speed on a Xeon.
-constexpr int64_t kRowBlock = 32 * kTileRows;
-
-void product_rows(at::Tensor& out, const float* pa, int64_t lda, int64_t M, Panels w,
-                  int64_t depth, int64_t n, bool accumulate) {
-  float* pc = out.data_ptr<float>();
-  const int64_t ldc = out.stride(0);
-  const int64_t panels = (n + kPanel - 1) / kPanel;
-  bool pack = w.ld != kPanel && M > kTileRows;
-  const int64_t step = depth_block(depth);
-  if (pack && M > kRowBlock) {
-    // several row blocks would copy every block of b again: copy all of b once, by panels,
-    // into memory this thread keeps (at the size of the largest b it has held)
-    thread_local std::vector<float> whole;
-    whole.resize(panels * depth * kPanel);
-    float* to = whole.data();
-    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t cols = std::min(kPanel, n - p * kPanel);
-        for (int64_t k = 0; k < depth; ++k) {
-          float* row = to + (p * depth + k) * kPanel;
-          std::copy_n(w.b + p * w.panel_stride + k * w.ld, cols, row);
-          std::fill(row + cols, row + kPanel, 0.0f);
-        }
-      }
-    });
-    w = Panels{to, kPanel, depth * kPanel, true};
-    pack = false;
-  }
-  // panels per thread: at least about 2^18 multiply-adds each, or threads cost more
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, M * depth * kPanel));
-  at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
-    thread_local std::vector<float> packed;  // this worker's own: it fills and reads it
-    if (pack) packed.resize(step * kPanel);
-    for (int64_t r0 = 0; r0 < M; r0 += kRowBlock) {
-      const int64_t r_end = std::min(M, r0 + kRowBlock);
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t j = p * kPanel, cols = std::min(kPanel, n - j);
-        for (int64_t k0 = 0; k0 < depth; k0 += step) {
-          const int64_t block = std::min(step, depth - k0);
-          Panels part{w.b + p * w.panel_stride + k0 * w.ld, w.ld, 0, w.padded};
-          if (pack) {
-            for (int64_t k = 0; k < block; ++k) {
-              float* to = packed.data() + k * kPanel;
-              std::copy_n(part.b + k * part.ld, cols, to);
-              std::fill(to + cols, to + kPanel, 0.0f);
-            }
-            part = Panels{packed.data(), kPanel, 0, true};
-          }
-          const float* a = pa + k0;
-          const bool add = accumulate || k0 > 0;
-          // Rows of b contiguous (packed), the tiles share fetching the next block of b (of
-          // this panel, or the next panel's first) into L2 while they run, so that it is not
-          // waited for from L3 (a Xeon's tiles ran at 80 GFLOP/s instead of 100 without).
-          const bool same_panel = k0 + block < depth;
-          const float* next = same_panel ? part.b + block * kPanel : w.b + (p + 1) * w.panel_stride;
-          const int64_t next_rows = same_panel ? std::min(step, depth - k0 - block)
-                                    : p + 1 < p1 ? std::min(step, depth) : 0;
-          const int64_t lines = w.ld == kPanel ? next_rows * kPanel * int64_t(sizeof(float)) / 64 : 0;
-          const int64_t tiles = (r_end - r0 + kTileRows - 1) / kTileRows;
-          const int64_t share = (lines + tiles - 1) / tiles;
-          auto ahead = [&](int64_t tile) {
-            const int64_t first = std::min(lines, share * tile);
-            return Prefetch{reinterpret_cast<const char*>(next) + 64 * first,
-                            std::min(share, lines - first), (share + block - 1) / block};
-          };
-          int64_t r = r0;
-          for (; r + kTileRows <= r_end; r += kTileRows) {
-            product_block<kTileRows>(a + r * lda, lda, part.b, part.ld, pc + r * ldc + j, ldc,
-                                     block, cols, add, part.padded, ahead((r - r0) / kTileRows));
-          }
-          product_tail<kTileRows - 1>(r_end - r, a + r * lda, lda, part.b, part.ld,
-                                      pc + r * ldc + j, ldc, block, cols, add, part.padded,
-                                      ahead((r - r0) / kTileRows));
-        }
-      }
-    }
-  });
-}
+// The a of a product: row-major (element (r, k) at a[r ld + k]) or a transposed view (at
+// a[k ld + r]: the weight gradients' gs^T, whose rows lie a row of gs apart)
+struct Rows {
+  const float* a;
+  int64_t ld;
+  bool transposed = false;
+};
 
 // to[r ldt + k] = from[k ldf + r] for r, k < 16: 16 rows of 16 floats transposed in registers
 __attribute__((target("avx512f"))) void transpose16(const float* from, int64_t ldf, float* to, int64_t ldt) {
@@ -349,51 +271,128 @@ __attribute__((target("avx512f"))) void transpose16(const float* from, int64_t l
   for (int i = 0; i < 16; ++i) _mm512_storeu_ps(to + i * ldt, r[i]);
 }
 
-// the same with a row-major (unit column stride) or a transposed view (unit row stride:
-// the weight gradients' a^T, which is copied row-major block by block of its depth; read
-// in place, its rows' elements lie a row of the matrix apart, and the product ran at
-// about half speed)
+// rows [r0, r1) and depth [k0, k0 + block) of a transposed a, row-major into `to` (its rows
+// `block` apart), 16 x 16 floats at a time: read in place by the tiles, such rows ran at
+// about half speed (each step of the depth a page further on)
+void copy_transposed(const Rows& a, int64_t r0, int64_t r1, int64_t k0, int64_t block, float* to) {
+  for (int64_t g = r0; g < r1; g += 16) {
+    const int64_t g1 = std::min(r1, g + 16);
+    int64_t k = 0;
+    if (g1 - g == 16) {
+      for (; k + 16 <= block; k += 16) {
+        transpose16(a.a + (k0 + k) * a.ld + g, a.ld, to + (g - r0) * block + k, block);
+      }
+    }
+    for (; k < block; ++k) {
+      const float* from = a.a + (k0 + k) * a.ld;
+      for (int64_t r = g; r < g1; ++r) to[(r - r0) * block + k] = from[r];
+    }
+  }
+}
+
+// out (M, n) = a (M, depth) b, or += (accumulate). The panels are split among the threads;
+// each thread takes the rows in blocks of kRowBlock and the depth in blocks (at most
+// kDepthBlock), so that a's block stays in L2 across its panels and a panel's block of b
+// (128 KiB at most) across the tiles. A transposed a is copied row-major a block at a time
+// by each thread that reads it. Unpacked b (rows ld apart) is copied by panels into
+// memory of the thread's own (padded to kPanel columns) where more than one tile reads
+// it: at a row of 2048 floats (the gate weights' 4 x 512) its rows fall into few cache
+// sets, and the tiles ran at a third of their speed on a Xeon reading them in place.
+constexpr int64_t kRowBlock = 32 * kTileRows;
+
+void product_rows(at::Tensor& out, Rows a, int64_t M, Panels w, int64_t depth, int64_t n,
+                  bool accumulate) {
+  float* pc = out.data_ptr<float>();
+  const int64_t ldc = out.stride(0);
+  const int64_t panels = (n + kPanel - 1) / kPanel;
+  const int64_t step = depth_block(depth);
+  bool pack = w.ld != kPanel && M > kTileRows;
+  if (pack && M > kRowBlock) {
+    // several row blocks would copy every block of b again: copy all of b once, by panels,
+    // into memory this thread keeps (at the size of the largest b it has held), which the
+    // workers below reach through the pointer
+    thread_local std::vector<float> whole;
+    whole.resize(panels * depth * kPanel);
+    float* to = whole.data();
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t cols = std::min(kPanel, n - p * kPanel);
+        for (int64_t k = 0; k < depth; ++k) {
+          float* row = to + (p * depth + k) * kPanel;
+          std::copy_n(w.b + p * w.panel_stride + k * w.ld, cols, row);
+          std::fill(row + cols, row + kPanel, 0.0f);
+        }
+      }
+    });
+    w = Panels{to, kPanel, depth * kPanel, true};
+    pack = false;
+  }
+  // panels per thread: at least about 2^18 multiply-adds each, or threads cost more
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, M * depth * kPanel));
+  at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+    thread_local std::vector<float> packed, rows;  // this worker's own: it fills and reads them
+    if (pack) packed.resize(step * kPanel);
+    if (a.transposed) rows.resize(std::min(M, kRowBlock) * step);
+    for (int64_t r0 = 0; r0 < M; r0 += kRowBlock) {
+      const int64_t r_end = std::min(M, r0 + kRowBlock);
+      const int64_t tiles = (r_end - r0 + kTileRows - 1) / kTileRows;
+      for (int64_t k0 = 0; k0 < depth; k0 += step) {
+        const int64_t block = std::min(step, depth - k0);
+        const float* pa = rows.data();  // row r0's block
+        int64_t lda = block;
+        if (a.transposed) {
+          copy_transposed(a, r0, r_end, k0, block, rows.data());
+        } else {
+          pa = a.a + r0 * a.ld + k0;
+          lda = a.ld;
+        }
+        const bool add = accumulate || k0 > 0;
+        for (int64_t p = p0; p < p1; ++p) {
+          const int64_t j = p * kPanel, cols = std::min(kPanel, n - j);
+          Panels part{w.b + p * w.panel_stride + k0 * w.ld, w.ld, 0, w.padded};
+          if (pack) {
+            for (int64_t k = 0; k < block; ++k) {
+              float* to = packed.data() + k * kPanel;
+              std::copy_n(part.b + k * part.ld, cols, to);
+              std::fill(to + cols, to + kPanel, 0.0f);
+            }
+            part = Panels{packed.data(), kPanel, 0, true};
+          }
+          // Rows of b contiguous (packed), the tiles share fetching the next panel's block
+          // into L2 while they run, so that it is not waited for from L3 (a Xeon's tiles
+          // ran at 80 GFLOP/s instead of 100 without).
+          const int64_t lines = w.ld == kPanel && p + 1 < p1 ? block * kPanel * int64_t(sizeof(float)) / 64 : 0;
+          const char* next = reinterpret_cast<const char*>(part.b + w.panel_stride);
+          const int64_t share = (lines + tiles - 1) / tiles;
+          auto ahead = [&](int64_t tile) {
+            const int64_t first = std::min(lines, share * tile);
+            return Prefetch{next + 64 * first, std::min(share, lines - first), (share + block - 1) / block};
+          };
+          int64_t r = r0;
+          for (; r + kTileRows <= r_end; r += kTileRows) {
+            product_block<kTileRows>(pa + (r - r0) * lda, lda, part.b, part.ld, pc + r * ldc + j,
+                                     ldc, block, cols, add, part.padded, ahead((r - r0) / kTileRows));
+          }
+          product_tail<kTileRows - 1>(r_end - r, pa + (r - r0) * lda, lda, part.b, part.ld,
+                                      pc + r * ldc + j, ldc, block, cols, add, part.padded,
+                                      ahead((r - r0) / kTileRows));
+        }
+      }
+    }
+  });
+}
+
+// the same with a row-major (unit column stride) or a transposed view (unit row stride)
 void avx512_product(at::Tensor& out, const at::Tensor& a, Panels w, int64_t depth, int64_t n,
                     bool accumulate) {
-  const int64_t M = a.size(0);
   if (depth == 0) {  // no blocks to run: the product is 0
     if (!accumulate) out.zero_();
     return;
   }
-  if (a.stride(1) == 1) {
-    return product_rows(out, a.data_ptr<float>(), a.stride(0), M, w, depth, n, accumulate);
-  }
-  TORCH_CHECK(a.stride(0) == 1, "avx512_product: a row-major or a transposed view");
-  const float* src = a.data_ptr<float>();
-  const int64_t lds = a.stride(1);
-  // (M, step), a block of a row-major, in memory this thread keeps (at the size of the
-  // largest block it has held) across calls; the workers below reach it through the
-  // pointer (a thread_local named in their loop would be each worker's own)
-  const int64_t step = depth_block(depth);
-  thread_local std::vector<float> buffer;
-  buffer.resize(M * step);
-  float* rows = buffer.data();
-  for (int64_t k0 = 0; k0 < depth; k0 += step) {
-    const int64_t block = std::min(step, depth - k0);
-    // 16 rows of a at a time, over the block's depth
-    at::parallel_for(0, (M + 15) / 16, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t r0 = t0 * 16; r0 < std::min(M, t1 * 16); r0 += 16) {
-        const int64_t r1 = std::min(M, r0 + 16);
-        int64_t k = 0;
-        if (r1 - r0 == 16) {
-          for (; k + 16 <= block; k += 16) {
-            transpose16(src + (k0 + k) * lds + r0, lds, rows + r0 * step + k, step);
-          }
-        }
-        for (; k < block; ++k) {
-          const float* from = src + (k0 + k) * lds;
-          for (int64_t r = r0; r < r1; ++r) rows[r * step + k] = from[r];
-        }
-      }
-    });
-    const Panels part{w.b + k0 * w.ld, w.ld, w.panel_stride, w.padded};
-    product_rows(out, rows, step, M, part, block, n, accumulate || k0 > 0);
-  }
+  const bool transposed = a.stride(1) != 1;
+  TORCH_CHECK(!transposed || a.stride(0) == 1, "avx512_product: a row-major or a transposed view");
+  const Rows rows{a.data_ptr<float>(), transposed ? a.stride(1) : a.stride(0), transposed};
+  product_rows(out, rows, a.size(0), w, depth, n, accumulate);
 }
 #endif
 

@@ -103,7 +103,10 @@ const T* ptr_or_null(const at::Tensor& t) {
 // streams in order: at 64 rows a quarter to a third faster than MKL on a Zen 4. On a Zen 5
 // (full-width AVX-512 units; MKL's sgemm ran at about 90 GFLOP/s a core, under half the
 // peak of 231) it ran at 200-227 GFLOP/s at the shapes of the steps, the weight gradients
-// and the input product (hidden 512).
+// and the input product (hidden 512). On a Xeon with AVX-512 and AMX (a Sapphire Rapids
+// class, 2 MiB L2 a core, its L3 slow to reach from one core) it ran a third of that
+// speed until unpacked b was copied by panels and the next packed block fetched ahead
+// (product_rows); then about MKL's, 60-100 GFLOP/s a core as the host's load varied.
 // Other dtypes and CPUs use ATen's product, as does ATEN_CPU_CAPABILITY set to anything
 // but avx512.
 constexpr int64_t kPanel = 64;  // columns per panel

@@ -124,10 +124,10 @@ class HMRNN(nn.Module):
         row in FLUSH every gate but the forget gate, a row in UPDATE below the top
         layer its gates from the weights without the layer above's part (whose
         input is 0 for it). Measured at (64, 60, 512, 512) on one thread
-        (``benchmarks/hmrnn_sparsity.py``), layer 1's boundary forced to fire at
-        10%, 30%, 60%, 100% and the layers above at 30%: 1.00×, 1.08×, 1.20×,
-        1.17× an ``nn.LSTM``'s inference (0.79× to 1.02× at batch 256; every
-        layer at 100%: 1.18×), against about 1.5× without skipping. ``False``:
+        (``benchmarks/hmrnn_sparsity.py``, a 2-core Xeon with AVX-512), layer 1's
+        boundary forced to fire at 10%, 30%, 60%, 100% and the layers above at 30%:
+        0.78×, 0.89×, 1.01×, 1.04× an ``nn.LSTM``'s inference (every layer at 100%:
+        1.06×), against about 1.45× without skipping. ``False``:
         every row computes every gate. Either way inference agrees with training mode
         to float rounding, not bitwise (the native kernel adds layer 1's input
         product inside each step's, and a COPY row's logit is a dot product), so

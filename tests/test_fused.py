@@ -470,21 +470,27 @@ def test_the_step_product_equals_torch_mm(rows: int, with_base: bool) -> None:
 @pytest.mark.parametrize("threads", [1, 2])
 def test_the_product_reads_a_transposed_view_and_long_depths(threads: int) -> None:
     """The weight gradients' product ``a^T b``, ``a^T`` a transposed view (copied row-major
-    block by block of the depth), depths over one block (512), and rows over one block
-    (192; b copied panel by panel into each thread's own memory): the product agrees
-    with ``torch.mm`` to float32 rounding, on one thread and on two."""
+    a block at a time), depths over one block (512), rows over one block (192; b then
+    copied by panels once for all row blocks), with and without a base added to the
+    product (which the blocks then accumulate onto): it agrees with ``torch.mm`` to
+    float32 rounding, on one thread and on two."""
     kernels = native.kernels()
     assert kernels is not None
     torch.manual_seed(threads)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        sizes = [(1, 1, 1), (7, 300, 65), (70, 1100, 64), (13, 513, 130), (400, 600, 130)]
+        sizes = [(1, 1, 1), (7, 300, 65), (70, 1100, 64), (13, 513, 130), (193, 40, 70)]
+        sizes.append((400, 600, 130))
         for rows, depth, columns in sizes:
             b = torch.randn(depth, columns)
+            base = torch.randn(columns)
             for a in (torch.randn(depth, rows).t(), torch.randn(rows, depth)):
                 got = kernels.matrix_product(a, b, torch.empty(0))
                 torch.testing.assert_close(got, a @ b, atol=1e-4 * depth**0.5, rtol=1e-5)
+                got = kernels.matrix_product(a, b, base)
+                expected = torch.addmm(base, a, b)
+                torch.testing.assert_close(got, expected, atol=1e-4 * depth**0.5, rtol=1e-5)
     finally:
         torch.set_num_threads(before)
 

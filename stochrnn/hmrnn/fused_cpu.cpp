@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -293,14 +294,23 @@ void copy_transposed(const Rows& a, int64_t r0, int64_t r1, int64_t k0, int64_t 
   }
 }
 
+// n floats of v from a 64-byte boundary, so that a row of a panel is one cache line (a
+// vector's storage is aligned to 16 bytes only)
+inline float* aligned_floats(std::vector<float>& v, int64_t n) {
+  v.resize(n + 16);
+  const auto offset = reinterpret_cast<std::uintptr_t>(v.data()) % 64;
+  return v.data() + (offset == 0 ? 0 : (64 - offset) / sizeof(float));
+}
+
 // out (M, n) = a (M, depth) b, or += (accumulate). The panels are split among the threads;
 // each thread takes the rows in blocks of kRowBlock and the depth in blocks (at most
 // kDepthBlock), so that a's block stays in L2 across its panels and a panel's block of b
 // (128 KiB at most) across the tiles. A transposed a is copied row-major a block at a time
-// by each thread that reads it. Unpacked b (rows ld apart) is copied by panels into
-// memory of the thread's own (padded to kPanel columns) where more than one tile reads
-// it: at a row of 2048 floats (the gate weights' 4 x 512) its rows fall into few cache
-// sets, and the tiles ran at a third of their speed on a Xeon reading them in place.
+// by each thread that reads it. Unpacked b (rows ld apart) is copied by panels (padded to
+// kPanel columns) where more than one tile reads it: a block at a time into memory of each
+// worker's own over one row block, all of it once by the calling thread over several.
+// At a row of 2048 floats (the gate weights' 4 x 512) its rows fall into few cache sets,
+// and the tiles ran at a third of their speed on a Xeon reading them in place.
 constexpr int64_t kRowBlock = 32 * kTileRows;
 
 void product_rows(at::Tensor& out, Rows a, int64_t M, Panels w, int64_t depth, int64_t n,
@@ -315,8 +325,7 @@ void product_rows(at::Tensor& out, Rows a, int64_t M, Panels w, int64_t depth, i
     // into memory this thread keeps (at the size of the largest b it has held), which the
     // workers below reach through the pointer
     thread_local std::vector<float> whole;
-    whole.resize(panels * depth * kPanel);
-    float* to = whole.data();
+    float* to = aligned_floats(whole, panels * depth * kPanel);
     at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t cols = std::min(kPanel, n - p * kPanel);
@@ -333,18 +342,18 @@ void product_rows(at::Tensor& out, Rows a, int64_t M, Panels w, int64_t depth, i
   // panels per thread: at least about 2^18 multiply-adds each, or threads cost more
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, M * depth * kPanel));
   at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
-    thread_local std::vector<float> packed, rows;  // this worker's own: it fills and reads them
-    if (pack) packed.resize(step * kPanel);
-    if (a.transposed) rows.resize(std::min(M, kRowBlock) * step);
+    thread_local std::vector<float> packed_storage, rows_storage;  // this worker's own
+    float* packed = pack ? aligned_floats(packed_storage, step * kPanel) : nullptr;
+    float* rows = a.transposed ? aligned_floats(rows_storage, std::min(M, kRowBlock) * step) : nullptr;
     for (int64_t r0 = 0; r0 < M; r0 += kRowBlock) {
       const int64_t r_end = std::min(M, r0 + kRowBlock);
       const int64_t tiles = (r_end - r0 + kTileRows - 1) / kTileRows;
       for (int64_t k0 = 0; k0 < depth; k0 += step) {
         const int64_t block = std::min(step, depth - k0);
-        const float* pa = rows.data();  // row r0's block
+        const float* pa = rows;  // row r0's block
         int64_t lda = block;
         if (a.transposed) {
-          copy_transposed(a, r0, r_end, k0, block, rows.data());
+          copy_transposed(a, r0, r_end, k0, block, rows);
         } else {
           pa = a.a + r0 * a.ld + k0;
           lda = a.ld;
@@ -355,17 +364,17 @@ void product_rows(at::Tensor& out, Rows a, int64_t M, Panels w, int64_t depth, i
           Panels part{w.b + p * w.panel_stride + k0 * w.ld, w.ld, 0, w.padded};
           if (pack) {
             for (int64_t k = 0; k < block; ++k) {
-              float* to = packed.data() + k * kPanel;
+              float* to = packed + k * kPanel;
               std::copy_n(part.b + k * part.ld, cols, to);
               std::fill(to + cols, to + kPanel, 0.0f);
             }
-            part = Panels{packed.data(), kPanel, 0, true};
+            part = Panels{packed, kPanel, 0, true};
           }
           // Rows of b contiguous (packed), the tiles share fetching the next panel's block
           // into L2 while they run, so that it is not waited for from L3 (a Xeon's tiles
           // ran at 80 GFLOP/s instead of 100 without).
           const int64_t lines = w.ld == kPanel && p + 1 < p1 ? block * kPanel * int64_t(sizeof(float)) / 64 : 0;
-          const char* next = reinterpret_cast<const char*>(part.b + w.panel_stride);
+          const char* next = lines > 0 ? reinterpret_cast<const char*>(part.b + w.panel_stride) : nullptr;
           const int64_t share = (lines + tiles - 1) / tiles;
           auto ahead = [&](int64_t tile) {
             const int64_t first = std::min(lines, share * tile);

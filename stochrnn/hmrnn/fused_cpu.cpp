@@ -114,6 +114,27 @@ constexpr int64_t kPanel = 64;  // columns per panel
 
 inline int64_t panels_of(int64_t n) { return (n + kPanel - 1) / kPanel; }
 
+// `rows` rows of `cols` <= kPanel floats, `ld` apart from `from` on, as rows of a panel at
+// `to` (kPanel floats each, zeros past cols)
+inline void copy_to_panel(const float* from, int64_t ld, int64_t rows, int64_t cols, float* to) {
+  for (int64_t k = 0; k < rows; ++k, from += ld, to += kPanel) {
+    std::copy_n(from, cols, to);
+    std::fill(to + cols, to + kPanel, 0.0f);
+  }
+}
+
+// Packs the row-major (depth, n) matrix src (rows ld apart) into dst (panels * depth rows
+// of kPanel floats), by panels: panel p holds columns [p kPanel, (p + 1) kPanel) of every
+// row, row after row (zeros past column n).
+void pack_panels(float* dst, const float* src, int64_t ld, int64_t depth, int64_t n) {
+  at::parallel_for(0, panels_of(n), 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      copy_to_panel(src + p * kPanel, ld, depth, std::min(kPanel, n - p * kPanel),
+                    dst + p * depth * kPanel);
+    }
+  });
+}
+
 // A weight packed by panels of kPanel columns for the AVX-512 product: panel p holds
 // columns [p kPanel, (p + 1) kPanel) of all `depth` rows, row after row (zeros past the
 // last column). Undefined where that product does not run.
@@ -326,16 +347,7 @@ void product_rows(at::Tensor& out, Rows a, int64_t M, Panels w, int64_t depth, i
     // workers below reach through the pointer
     thread_local std::vector<float> whole;
     float* to = aligned_floats(whole, panels * depth * kPanel);
-    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t cols = std::min(kPanel, n - p * kPanel);
-        for (int64_t k = 0; k < depth; ++k) {
-          float* row = to + (p * depth + k) * kPanel;
-          std::copy_n(w.b + p * w.panel_stride + k * w.ld, cols, row);
-          std::fill(row + cols, row + kPanel, 0.0f);
-        }
-      }
-    });
+    pack_panels(to, w.b, w.ld, depth, n);
     w = Panels{to, kPanel, depth * kPanel, true};
     pack = false;
   }
@@ -363,11 +375,7 @@ void product_rows(at::Tensor& out, Rows a, int64_t M, Panels w, int64_t depth, i
           const int64_t j = p * kPanel, cols = std::min(kPanel, n - j);
           Panels part{w.b + p * w.panel_stride + k0 * w.ld, w.ld, 0, w.padded};
           if (pack) {
-            for (int64_t k = 0; k < block; ++k) {
-              float* to = packed + k * kPanel;
-              std::copy_n(part.b + k * part.ld, cols, to);
-              std::fill(to + cols, to + kPanel, 0.0f);
-            }
+            copy_to_panel(part.b, part.ld, block, cols, packed);
             part = Panels{packed, kPanel, 0, true};
           }
           // Rows of b contiguous (packed), the tiles share fetching the next panel's block
@@ -475,30 +483,11 @@ inline void matmul_packed(at::Tensor& out, const at::Tensor& a, const PackedWeig
 #endif
 }
 
-// Packs the (depth, n) matrix with element (k, j) = value(k, j) into `storage` (panels *
-// depth, kPanel), by panels (zeros past column n).
-template <typename Value>
-void pack_panels(at::Tensor& storage, int64_t depth, int64_t n, const Value& value) {
-  float* dst = storage.data_ptr<float>();
-  const int64_t panels = (n + kPanel - 1) / kPanel;
-  at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t cols = std::min(kPanel, n - p * kPanel);
-      float* panel = dst + p * depth * kPanel;
-      for (int64_t k = 0; k < depth; ++k) {
-        float* row = panel + k * kPanel;
-        for (int64_t j = 0; j < cols; ++j) row[j] = value(k, p * kPanel + j);
-        std::fill(row + cols, row + kPanel, 0.0f);
-      }
-    }
-  });
-}
-
 // Packs the transpose of the rows of w (N, K) named by `source` into `storage`, by panels:
 // column j is [bias[source[j]]; w[source[j], :]] (depth K + 1), or w[source[j], :] alone
 // (depth K) where bias is null, or zeros where source[j] < 0 (and past the last column).
 // Rows are read in order and written 64 columns by 64 of depth at a time (a block in L1):
-// several times faster than pack_panels element by element.
+// several times faster than element by element.
 void pack_transposed(at::Tensor& storage, const float* w, int64_t K, const float* bias,
                      const std::vector<int64_t>& source) {
   const int64_t n = static_cast<int64_t>(source.size()), first = bias ? 1 : 0, depth = K + first;
@@ -542,7 +531,7 @@ PackedWeight packed_weight(const at::Tensor& w, bool transposed) {
     for (int64_t j = 0; j < cols; ++j) source[j] = j;
     pack_transposed(out.storage, src, K, nullptr, source);
   } else {
-    pack_panels(out.storage, rows, cols, [&](int64_t k, int64_t j) { return src[k * K + j]; });
+    pack_panels(out.storage.data_ptr<float>(), src, K, rows, cols);
   }
   return out;
 }

@@ -338,7 +338,7 @@ void product_rows(at::Tensor& out, Rows a, int64_t M, Panels w, int64_t depth, i
                   bool accumulate) {
   float* pc = out.data_ptr<float>();
   const int64_t ldc = out.stride(0);
-  const int64_t panels = (n + kPanel - 1) / kPanel;
+  const int64_t panels = panels_of(n);
   const int64_t step = depth_block(depth);
   bool pack = w.ld != kPanel && M > kTileRows;
   if (pack && M > kRowBlock) {

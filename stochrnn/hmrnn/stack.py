@@ -126,8 +126,8 @@ class HMRNN(nn.Module):
         input is 0 for it). Measured at (64, 60, 512, 512) on one thread
         (``benchmarks/hmrnn_sparsity.py``, a 2-core Xeon with AVX-512), layer 1's
         boundary forced to fire at 10%, 30%, 60%, 100% and the layers above at 30%:
-        0.78×, 0.89×, 1.01×, 1.04× an ``nn.LSTM``'s inference (every layer at 100%:
-        1.06×), against about 1.45× without skipping. ``False``:
+        0.88×, 0.90×, 0.96×, 0.96× an ``nn.LSTM``'s inference (every layer at 100%:
+        1.03×), against about 1.45× without skipping. ``False``:
         every row computes every gate. Either way inference agrees with training mode
         to float rounding, not bitwise (the native kernel adds layer 1's input
         product inside each step's, and a COPY row's logit is a dot product), so

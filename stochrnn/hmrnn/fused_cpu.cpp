@@ -4,6 +4,7 @@
 // nonlinearities are ATen's, but in float32 on CPUs with AVX-512 (see below).
 // Built at first use by torch.utils.cpp_extension (stochrnn/hmrnn/native.py); the
 // equations and their derivation are in fused.py, which this file must match.
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 #include <torch/extension.h>
@@ -170,9 +171,10 @@ struct Start {
 
 // R rows (R <= kTileRows) by one panel of `cols` <= kPanel columns; b the panel's first
 // column of row 0, ldb the step from one row to the next; c starts from `start` where
-// given (its rows of this panel), else from itself (accumulate) or 0. Masked loads of b ran a Zen 5 at
-// a third of the speed: they are left out where the panel is full (cols = kPanel; c then
-// without masks too) or padded with zeros to kPanel columns (kPaddedB: packed weights).
+// given (its rows of this panel), else from itself (accumulate) or 0. Masked loads of b
+// ran a Zen 5 at a third of the speed: they are left out where the panel is full
+// (cols = kPanel; c then without masks too) or padded with zeros to kPanel columns
+// (kPaddedB: packed weights).
 template <int R, bool kFull, bool kPaddedB>
 __attribute__((target("avx512f"))) void product_tile(
     const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
@@ -183,16 +185,16 @@ __attribute__((target("avx512f"))) void product_tile(
     mask[v] = left >= 16 ? __mmask16(0xFFFF) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
   }
   __m512 acc[R][kTileVectors];
-  const float* from = start.p != nullptr ? start.p : c;
-  const int64_t ldf = start.p != nullptr ? start.ld : ldc;
+  const float* init = start.p != nullptr ? start.p : c;
+  const int64_t ldi = start.p != nullptr ? start.ld : ldc;
   const bool load = accumulate || start.p != nullptr;
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
     for (int v = 0; v < kTileVectors; ++v) {
       acc[r][v] = !load   ? _mm512_setzero_ps()
-                  : kFull ? _mm512_loadu_ps(from + r * ldf + 16 * v)
-                          : _mm512_maskz_loadu_ps(mask[v], from + r * ldf + 16 * v);
+                  : kFull ? _mm512_loadu_ps(init + r * ldi + 16 * v)
+                          : _mm512_maskz_loadu_ps(mask[v], init + r * ldi + 16 * v);
     }
   }
   for (int64_t k = 0; k < depth; ++k) {
@@ -230,10 +232,12 @@ void product_block(const float* a, int64_t lda, const float* b, int64_t ldb, flo
                    int64_t ldc, int64_t depth, int64_t cols, bool accumulate, Start start,
                    bool padded_b, Prefetch ahead) {
   if (cols == kPanel) {
-    return product_tile<R, true, true>(a, lda, b, ldb, c, ldc, depth, cols, accumulate, start, ahead);
+    return product_tile<R, true, true>(a, lda, b, ldb, c, ldc, depth, cols, accumulate, start,
+                                       ahead);
   }
   if (padded_b) {
-    return product_tile<R, false, true>(a, lda, b, ldb, c, ldc, depth, cols, accumulate, start, ahead);
+    return product_tile<R, false, true>(a, lda, b, ldb, c, ldc, depth, cols, accumulate, start,
+                                        ahead);
   }
   product_tile<R, false, false>(a, lda, b, ldb, c, ldc, depth, cols, accumulate, start, ahead);
 }
@@ -351,6 +355,7 @@ constexpr int64_t kRowBlock = 32 * kTileRows;
 
 void product_rows(at::Tensor& out, Rows a, int64_t M, Panels w, int64_t depth, int64_t n,
                   bool accumulate, Start start = {}) {
+  TORCH_INTERNAL_ASSERT(!(accumulate && start.p != nullptr), "product_rows: a start or +=");
   float* pc = out.data_ptr<float>();
   const int64_t ldc = out.stride(0);
   const int64_t panels = panels_of(n);
@@ -403,10 +408,10 @@ void product_rows(at::Tensor& out, Rows a, int64_t M, Panels w, int64_t depth, i
           // the last, the first panel's block of the next depth block or row block.
           const float* next_block = nullptr;
           int64_t next_depth = 0;
-          if (w.ld == kPanel && p + 1 < p1) {
+          if (w.padded && w.ld == kPanel && p + 1 < p1) {
             next_block = part.b + w.panel_stride;
             next_depth = block;
-          } else if (w.ld == kPanel && (k0 + step < depth || r_end < M)) {
+          } else if (w.padded && w.ld == kPanel && (k0 + step < depth || r_end < M)) {
             const int64_t k_next = k0 + step < depth ? k0 + step : 0;
             next_block = w.b + p0 * w.panel_stride + k_next * w.ld;
             next_depth = std::min(step, depth - k_next);
@@ -434,16 +439,18 @@ void product_rows(at::Tensor& out, Rows a, int64_t M, Panels w, int64_t depth, i
 }
 
 // the same with a row-major (unit column stride) or a transposed view (unit row stride);
-// out = base + a b where base (broadcast to out, apart from it) is given. The tiles start
-// from base's rows where they are float32 with a unit column stride (a bias broadcast
-// over the rows included): copying it into out first, ATen's copy_, had cost a tenth of
-// the time of a training step at (16, 150, 3, 64).
+// out = base + a b where base (broadcast to out) is given. The tiles start from base's
+// rows where they are float32 on the CPU with a unit column stride (a bias broadcast over
+// the rows included) and do not overlap out; else base is copied into out first, as all
+// of them were before (ATen's copy_, about 3.5 us a step's (16, 257) block, several
+// percent of a training step at (16, 150, 3, 64)).
 void avx512_product(at::Tensor& out, const at::Tensor& a, Panels w, int64_t depth, int64_t n,
                     bool accumulate, const at::Tensor& base = {}) {
   Start start;
   if (base.defined()) {
     const at::Tensor from = base.expand_as(out);
-    if (depth > 0 && from.scalar_type() == at::kFloat && from.stride(1) == 1) {
+    if (depth > 0 && from.device().is_cpu() && from.scalar_type() == at::kFloat &&
+        from.stride(1) == 1 && at::get_overlap_status(out, from) == at::MemOverlapStatus::No) {
       start = Start{from.data_ptr<float>(), from.stride(0)};
     } else {
       out.copy_(base);

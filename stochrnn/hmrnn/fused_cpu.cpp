@@ -342,15 +342,15 @@ inline float* aligned_floats(std::vector<float>& v, int64_t n) {
 
 // out (M, n) = a (M, depth) b, or += (accumulate), or start + a b (start given: the tiles
 // load it where they would load out, so it is not copied first). The panels are split
-// among the threads;
-// each thread takes the rows in blocks of kRowBlock and the depth in blocks (at most
-// kDepthBlock), so that a's block stays in L2 across its panels and a panel's block of b
-// (128 KiB at most) across the tiles. A transposed a is copied row-major a block at a time
-// by each thread that reads it. Unpacked b (rows ld apart) is copied by panels (padded to
-// kPanel columns) where more than one tile reads it: a block at a time into memory of each
-// worker's own over one row block, all of it once by the calling thread over several.
-// At a row of 2048 floats (the gate weights' 4 x 512) its rows fall into few cache sets,
-// and the tiles ran at a third of their speed on a Xeon reading them in place.
+// among the threads; each thread takes the rows in blocks of kRowBlock and the depth in
+// blocks (at most kDepthBlock), so that a's block stays in L2 across its panels and a
+// panel's block of b (128 KiB at most) across the tiles. A transposed a is copied
+// row-major a block at a time by each thread that reads it. Unpacked b (rows ld apart) is
+// copied by panels (padded to kPanel columns) where more than one tile reads it: a block
+// at a time into memory of each worker's own over one row block, all of it once by the
+// calling thread over several. At a row of 2048 floats (the gate weights' 4 x 512) its
+// rows fall into few cache sets, and the tiles ran at a third of their speed on a Xeon
+// reading them in place.
 constexpr int64_t kRowBlock = 32 * kTileRows;
 
 void product_rows(at::Tensor& out, Rows a, int64_t M, Panels w, int64_t depth, int64_t n,

@@ -271,7 +271,7 @@ bool avx512_product_available() {
 
 // The (depth, n) matrix b of a product, panel p starting at b + p * panel_stride, its rows
 // ld apart: a row-major matrix (panel_stride = kPanel) or a packed one (padded: every
-// panel kPanel columns wide, zeros past n).
+// panel kPanel columns wide, zeros past n, so ld = kPanel).
 struct Panels {
   const float* b;
   int64_t ld, panel_stride;
@@ -408,10 +408,10 @@ void product_rows(at::Tensor& out, Rows a, int64_t M, Panels w, int64_t depth, i
           // the last, the first panel's block of the next depth block or row block.
           const float* next_block = nullptr;
           int64_t next_depth = 0;
-          if (w.padded && w.ld == kPanel && p + 1 < p1) {
+          if (w.padded && p + 1 < p1) {
             next_block = part.b + w.panel_stride;
             next_depth = block;
-          } else if (w.padded && w.ld == kPanel && (k0 + step < depth || r_end < M)) {
+          } else if (w.padded && (k0 + step < depth || r_end < M)) {
             const int64_t k_next = k0 + step < depth ? k0 + step : 0;
             next_block = w.b + p0 * w.panel_stride + k_next * w.ld;
             next_depth = std::min(step, depth - k_next);

@@ -101,7 +101,16 @@ CANDIDATES: dict[str, tuple[Callable[[], nn.Module], tuple[float, ...] | None, f
         LOW_PRIOR_TARGET,
         WEAK_PRIOR_WEIGHT,
     ),
+    # The default with HMRNN(layer_norm=True): each layer's pre-activation normalised
+    # (Chung et al.'s HM-LSTM used layer norm), on the per-step path.
+    "hmrnn-gumbel0.3+weakprior+ln": (
+        lambda: GumbelSigmoid(0.3),
+        WEAK_PRIOR_TARGET,
+        WEAK_PRIOR_WEIGHT,
+    ),
 }
+#: The candidates built with ``HMRNN(..., layer_norm=True)``.
+LAYER_NORM = frozenset({"hmrnn-gumbel0.3+weakprior+ln"})
 MODELS = ("lstm", *CANDIDATES)
 
 
@@ -205,7 +214,11 @@ class Classifier(nn.Module):
         else:
             factory, target, weight = CANDIDATES[model]
             self.rnn = HMRNN(
-                n_in, HIDDEN, num_layers=LAYERS, boundary=[factory() for _ in range(LAYERS)]
+                n_in,
+                HIDDEN,
+                num_layers=LAYERS,
+                boundary=[factory() for _ in range(LAYERS)],
+                layer_norm=model in LAYER_NORM,
             )
             width = self.rnn.output_size
             self.prior = None if target is None else BoundaryRatePrior(list(target), weight)

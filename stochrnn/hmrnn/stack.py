@@ -126,8 +126,9 @@ class HMRNN(nn.Module):
         input is 0 for it). Measured at (64, 60, 512, 512) on one thread
         (``benchmarks/hmrnn_sparsity.py``, a 2-core Xeon with AVX-512), layer 1's
         boundary forced to fire at 10%, 30%, 60%, 100% and the layers above at 30%:
-        0.88×, 0.90×, 0.96×, 0.96× an ``nn.LSTM``'s inference (every layer at 100%:
-        1.03×), against about 1.45× without skipping. ``False``:
+        0.88×, 0.91×, 0.99×, 1.00× an ``nn.LSTM``'s inference (every layer at 100%:
+        1.03×), against about 1.4× without skipping; on two threads the ratios move
+        more with the host's load (the HM-RNN guide). ``False``:
         every row computes every gate. Either way inference agrees with training mode
         to float rounding, not bitwise (the native kernel adds layer 1's input
         product inside each step's, and a COPY row's logit is a dot product), so

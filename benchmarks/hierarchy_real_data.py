@@ -455,7 +455,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"`{list(summary['settings'].get('low_prior_target', []))}` and "
         f"`{list(summary['settings'].get('high_prior_target', []))}`; `gumbel1` = "
         "`GumbelSigmoid(1.0)`; `gumbel0.3soft` = `GumbelSigmoid(0.3, hard=False)` (relaxed "
-        "boundaries; firing rates and cut-offs count a boundary above 1/2).",
+        "boundaries; firing rates and cut-offs count a boundary above 1/2); `+ln`: "
+        "`HMRNN(..., layer_norm=True)`.",
         "",
         "| dataset | train/test | classes | channels | steps (pool) | batch |",
         "|---|---|---|---|---|---|",

@@ -56,6 +56,7 @@ from stochrnn import (
     HierarchyMeter,
     StraightThrough,
 )
+from stochrnn.hmrnn.cell import DEFAULT_INIT_GAIN
 
 HIDDEN = 64
 LAYERS = 3
@@ -109,6 +110,11 @@ CANDIDATES: dict[str, tuple[Callable[[], nn.Module], tuple[float, ...] | None, f
         WEAK_PRIOR_WEIGHT,
     ),
 }
+# The default with each layer's weight drawn uniform in ±g/√H, gain g (HMRNN's init_gain).
+INIT_GAIN = {f"hmrnn-gumbel0.3+weakprior+gain{g}": float(g) for g in (1, 2, 3, 4)}
+CANDIDATES.update(
+    {name: (lambda: GumbelSigmoid(0.3), WEAK_PRIOR_TARGET, WEAK_PRIOR_WEIGHT) for name in INIT_GAIN}
+)
 #: The candidates built with ``HMRNN(..., layer_norm=True)``.
 LAYER_NORM = frozenset({"hmrnn-gumbel0.3+weakprior+ln"})
 MODELS = ("lstm", *CANDIDATES)
@@ -219,6 +225,7 @@ class Classifier(nn.Module):
                 num_layers=LAYERS,
                 boundary=[factory() for _ in range(LAYERS)],
                 layer_norm=model in LAYER_NORM,
+                init_gain=INIT_GAIN.get(model, DEFAULT_INIT_GAIN),
             )
             width = self.rnn.output_size
             self.prior = None if target is None else BoundaryRatePrior(list(target), weight)

@@ -542,6 +542,9 @@ def test_bad_input_is_a_clear_error(call: Any, error: type[Exception], message: 
         ({"hidden_size": 0}, ValueError, "hidden_size must be a positive int, got 0"),
         ({"dropout": 1.0}, ValueError, r"dropout must be in \[0, 1\), got 1.0"),
         ({"output_embedding_size": -1}, ValueError, "output_embedding_size"),
+        ({"init_gain": 0.0}, ValueError, "init_gain must be a finite number > 0, got 0.0"),
+        ({"init_gain": float("nan")}, ValueError, "init_gain must be a finite number > 0"),
+        ({"init_gain": "3"}, TypeError, "init_gain must be a number, got str"),
     ],
 )
 def test_bad_construction_is_a_clear_error(
@@ -550,6 +553,20 @@ def test_bad_construction_is_a_clear_error(
     arguments: dict[str, Any] = {"input_size": 3, "hidden_size": 4, "num_layers": 2, **kwargs}
     with pytest.raises(error, match=message):
         HMRNN(**arguments)
+
+
+@pytest.mark.parametrize("gain", [0.5, 1.0, 3.0])
+def test_init_gain_scales_the_weights_range_and_not_the_bias(gain: float) -> None:
+    torch.manual_seed(0)
+    rnn = HMRNN(16, [64, 32], 2, init_gain=gain)
+    for cell in rnn.layers:
+        bound = 1.0 / cell.hidden_size**0.5
+        weight, bias = cell.weight.detach(), cell.bias.detach()
+        # thousands of uniform draws: the extremes lie within 1% of the bounds
+        assert gain * bound * 0.99 < weight.abs().max() <= gain * bound
+        assert bound * 0.9 < bias.abs().max() <= bound
+        # the mean |w| of U(-a, a) is a/2: rules out a range that is right only at the edges
+        assert weight.abs().mean() == pytest.approx(gain * bound / 2, rel=0.05)
 
 
 def test_cell_requires_h_above_exactly_when_it_has_a_layer_above() -> None:

@@ -25,6 +25,7 @@ from ..estimators import (
 
 __all__ = [
     "DEFAULT_BOUNDARY_TEMPERATURE",
+    "DEFAULT_INIT_GAIN",
     "HMLSTMCell",
     "HMLSTMCellOutput",
     "HMRNNOutput",
@@ -33,6 +34,8 @@ __all__ = [
 
 #: Temperature of the default boundary estimator, ``GumbelSigmoid(0.3)`` (HM-AN).
 DEFAULT_BOUNDARY_TEMPERATURE = 0.3
+#: Gain :math:`g` of the weights' initial range :math:`\pm g/\sqrt{H}` (:class:`HMLSTMCell`).
+DEFAULT_INIT_GAIN = 1.0
 
 
 class HMRNNState(NamedTuple):
@@ -127,6 +130,14 @@ def _check_size(name: str, value: object) -> int:
     return value
 
 
+def _check_gain(value: object) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"init_gain must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"init_gain must be a finite number > 0, got {value}")
+    return float(value)
+
+
 class HMLSTMCell(nn.Module):
     r"""One layer of the HM-LSTM, for one time step.
 
@@ -156,6 +167,9 @@ class HMLSTMCell(nn.Module):
     layer_norm:
         Normalise the summed pre-activation :math:`s` (all :math:`4H + 1` columns)
         with a learnt :class:`torch.nn.LayerNorm`.
+    init_gain:
+        The weight is drawn uniform in :math:`\pm g/\sqrt{H}` with this gain
+        :math:`g` (:meth:`reset_parameters`).
 
     Attributes
     ----------
@@ -183,6 +197,7 @@ class HMLSTMCell(nn.Module):
         above_size: int | None = None,
         boundary: Estimator | None = None,
         layer_norm: bool = False,
+        init_gain: float = DEFAULT_INIT_GAIN,
     ) -> None:
         super().__init__()
         self.input_size = _check_size("input_size", input_size)
@@ -198,12 +213,14 @@ class HMLSTMCell(nn.Module):
         self.weight = nn.Parameter(torch.empty(rows, columns))
         self.bias = nn.Parameter(torch.empty(rows))
         self.norm = nn.LayerNorm(rows) if layer_norm else None
+        self.init_gain = _check_gain(init_gain)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Uniform in :math:`\\pm 1/\\sqrt{H}` as in :class:`torch.nn.LSTM`; layer norm reset."""
+        """Weight uniform in :math:`\\pm g/\\sqrt{H}` (:attr:`init_gain` :math:`g`), bias in
+        :math:`\\pm 1/\\sqrt{H}` as in :class:`torch.nn.LSTM`; layer norm reset."""
         bound = 1.0 / math.sqrt(self.hidden_size)
-        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.weight, -self.init_gain * bound, self.init_gain * bound)
         nn.init.uniform_(self.bias, -bound, bound)
         if self.norm is not None:
             self.norm.reset_parameters()

@@ -14,6 +14,7 @@ from ..estimators import Estimator, GumbelSigmoid, check_context_size, require_f
 from .boundary import boundary_rule
 from .cell import (
     DEFAULT_BOUNDARY_TEMPERATURE,
+    DEFAULT_INIT_GAIN,
     HMLSTMCell,
     HMRNNOutput,
     HMRNNState,
@@ -83,6 +84,9 @@ class HMRNN(nn.Module):
         of the layer below), as :class:`torch.nn.LSTM` between its layers.
     layer_norm:
         Layer-normalise each layer's summed pre-activation (see :class:`HMLSTMCell`).
+    init_gain:
+        Each layer's weight is drawn uniform in :math:`\pm g/\sqrt{H}` with this gain
+        :math:`g` (see :class:`HMLSTMCell`).
     output_embedding_size:
         ``None``: ``output`` is all layers' hidden states concatenated. An int ``E``:
         ``output`` is Chung et al.'s gated output embedding
@@ -191,6 +195,7 @@ class HMRNN(nn.Module):
         compile_step: bool = False,
         fused: bool = True,
         boundary_prior: nn.Module | Literal["default"] | None = "default",
+        init_gain: float = DEFAULT_INIT_GAIN,
     ) -> None:
         super().__init__()
         self.input_size = _check_size("input_size", input_size)
@@ -208,7 +213,9 @@ class HMRNN(nn.Module):
         below = [input_size, *self.hidden_sizes[:-1]]
         above: list[int | None] = [*self.hidden_sizes[1:], None]
         self.cells = nn.ModuleList(
-            HMLSTMCell(below[l], self.hidden_sizes[l], above[l], estimators[l], layer_norm)
+            HMLSTMCell(
+                below[l], self.hidden_sizes[l], above[l], estimators[l], layer_norm, init_gain
+            )
             for l in range(num_layers)
         )
         self.output_embedding = (

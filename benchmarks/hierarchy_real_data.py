@@ -110,14 +110,31 @@ CANDIDATES: dict[str, tuple[Callable[[], nn.Module], tuple[float, ...] | None, f
         WEAK_PRIOR_WEIGHT,
     ),
 }
-# The default with each layer's weight drawn uniform in ±g/√H, gain g (HMRNN's init_gain).
-INIT_GAIN = {f"hmrnn-gumbel0.3+weakprior+gain{g}": float(g) for g in (1, 2, 3, 4)}
+# The default with each layer's weight drawn uniform in ±g/√H, gain g (HMRNN's init_gain;
+# the library's default is 3, gain 1 is nn.LSTM's range and was the default before).
 CANDIDATES.update(
-    {name: (lambda: GumbelSigmoid(0.3), WEAK_PRIOR_TARGET, WEAK_PRIOR_WEIGHT) for name in INIT_GAIN}
+    {
+        f"hmrnn-gumbel0.3+weakprior+gain{g}": (
+            lambda: GumbelSigmoid(0.3),
+            WEAK_PRIOR_TARGET,
+            WEAK_PRIOR_WEIGHT,
+        )
+        for g in (1, 2, 4)
+    }
 )
 #: The candidates built with ``HMRNN(..., layer_norm=True)``.
 LAYER_NORM = frozenset({"hmrnn-gumbel0.3+weakprior+ln"})
-MODELS = ("lstm", *CANDIDATES)
+#: Models whose weights are drawn in ``±g/√H`` with a gain ``g`` other than the library's
+#: default (HMRNN's ``init_gain``); ``lstm+gain3``, a control: ``nn.LSTM`` with its weights
+#: (not its biases) drawn in HMRNN's default range. The layer-norm candidate ran at gain 1.
+INIT_GAIN = {
+    "hmrnn-gumbel0.3+weakprior+gain1": 1.0,
+    "hmrnn-gumbel0.3+weakprior+gain2": 2.0,
+    "hmrnn-gumbel0.3+weakprior+gain4": 4.0,
+    "hmrnn-gumbel0.3+weakprior+ln": 1.0,
+    "lstm+gain3": 3.0,
+}
+MODELS = ("lstm", "lstm+gain3", *CANDIDATES)
 
 
 # --------------------------------------------------------------------------- data
@@ -213,8 +230,12 @@ class Classifier(nn.Module):
         super().__init__()
         self.model = model
         self.rnn: nn.Module
-        if model == "lstm":
+        if model.startswith("lstm"):
             self.rnn = nn.LSTM(n_in, HIDDEN, num_layers=LAYERS, batch_first=True)
+            with torch.no_grad():
+                for name, parameter in self.rnn.named_parameters():
+                    if name.startswith("weight"):  # drawn in ±1/√H: now ±g/√H
+                        parameter.mul_(INIT_GAIN.get(model, 1.0))
             width = HIDDEN
             self.prior = None
         else:
@@ -452,7 +473,7 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         "Models: `lstm` = `nn.LSTM(n_in, 64, num_layers=3)`; `hmrnn-*` = "
         "`HMRNN(n_in, 64, num_layers=3)` with boundaries `gumbel0.3` = `GumbelSigmoid(0.3)` "
-        "(today's default), `st` = `StraightThrough(slope_rate=0.04)` (Chung et al.'s "
+        "(the default), `st` = `StraightThrough(slope_rate=0.04)` (Chung et al.'s "
         "annealing, stepped each epoch); `+prior` adds "
         f"`BoundaryRatePrior({list(summary['settings'].get('prior_target', []))}, "
         f"weight={summary['settings'].get('prior_weight')})`, `+weakprior` adds "
@@ -463,7 +484,10 @@ def markdown(summary: dict[str, Any]) -> str:
         f"`{list(summary['settings'].get('high_prior_target', []))}`; `gumbel1` = "
         "`GumbelSigmoid(1.0)`; `gumbel0.3soft` = `GumbelSigmoid(0.3, hard=False)` (relaxed "
         "boundaries; firing rates and cut-offs count a boundary above 1/2); `+ln`: "
-        "`HMRNN(..., layer_norm=True)`.",
+        "`HMRNN(..., layer_norm=True, init_gain=1)`; `+gain1`, `+gain2`, `+gain4`: "
+        "`HMRNN(..., init_gain=g)` (the weights drawn uniform in ±g/√H; the default, "
+        "3 since 2026-12-03, before then 1); `lstm+gain3`: the LSTM with its weights drawn "
+        "in ±3/√H (a control).",
         "",
         "| dataset | train/test | classes | channels | steps (pool) | batch |",
         "|---|---|---|---|---|---|",

@@ -86,7 +86,9 @@ class HMRNN(nn.Module):
         Layer-normalise each layer's summed pre-activation (see :class:`HMLSTMCell`).
     init_gain:
         Each layer's weight is drawn uniform in :math:`\pm g/\sqrt{H}` with this gain
-        :math:`g` (see :class:`HMLSTMCell`).
+        :math:`g`, by default 3 (three times :class:`torch.nn.LSTM`'s range; why:
+        :data:`~stochrnn.hmrnn.cell.DEFAULT_INIT_GAIN`). The biases are drawn in
+        :math:`\pm 1/\sqrt{H}` whatever the gain.
     output_embedding_size:
         ``None``: ``output`` is all layers' hidden states concatenated. An int ``E``:
         ``output`` is Chung et al.'s gated output embedding

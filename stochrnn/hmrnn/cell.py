@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from ..estimators import (
     Estimator,
     GumbelSigmoid,
+    _check_positive,
     call_estimator,
     check_context_size,
     require_family,
@@ -136,14 +137,6 @@ def _check_size(name: str, value: object) -> int:
     return value
 
 
-def _check_gain(value: object) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"init_gain must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"init_gain must be a finite number > 0, got {value}")
-    return float(value)
-
-
 class HMLSTMCell(nn.Module):
     r"""One layer of the HM-LSTM, for one time step.
 
@@ -220,7 +213,7 @@ class HMLSTMCell(nn.Module):
         self.weight = nn.Parameter(torch.empty(rows, columns))
         self.bias = nn.Parameter(torch.empty(rows))
         self.norm = nn.LayerNorm(rows) if layer_norm else None
-        self.init_gain = _check_gain(init_gain)
+        self.init_gain = _check_positive("init_gain", init_gain)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

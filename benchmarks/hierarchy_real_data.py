@@ -56,7 +56,6 @@ from stochrnn import (
     HierarchyMeter,
     StraightThrough,
 )
-from stochrnn.hmrnn.cell import DEFAULT_INIT_GAIN
 
 HIDDEN = 64
 LAYERS = 3
@@ -122,19 +121,16 @@ CANDIDATES.update(
         for g in (1, 2, 4)
     }
 )
-#: The candidates built with ``HMRNN(..., layer_norm=True)``.
-LAYER_NORM = frozenset({"hmrnn-gumbel0.3+weakprior+ln"})
-#: Models whose weights are drawn in ``±g/√H`` with a gain ``g`` other than the library's
-#: default (HMRNN's ``init_gain``); ``lstm+gain3``, a control: ``nn.LSTM`` with its weights
-#: (not its biases) drawn in HMRNN's default range. The layer-norm candidate ran at gain 1.
-INIT_GAIN = {
-    "hmrnn-gumbel0.3+weakprior+gain1": 1.0,
-    "hmrnn-gumbel0.3+weakprior+gain2": 2.0,
-    "hmrnn-gumbel0.3+weakprior+gain4": 4.0,
-    "hmrnn-gumbel0.3+weakprior+ln": 1.0,
-    "lstm+gain3": 3.0,
+#: ``HMRNN`` keyword arguments other than the library's defaults, per candidate (the
+#: layer-norm candidate ran at gain 1, the default before 2026-12-03).
+HMRNN_OPTIONS: dict[str, dict[str, Any]] = {
+    "hmrnn-gumbel0.3+weakprior+ln": {"layer_norm": True, "init_gain": 1.0},
+    **{f"hmrnn-gumbel0.3+weakprior+gain{g}": {"init_gain": float(g)} for g in (1, 2, 4)},
 }
-MODELS = ("lstm", "lstm+gain3", *CANDIDATES)
+#: A control: ``nn.LSTM`` with its weights (not its biases) drawn in ``±g/√H``, HMRNN's
+#: default range, instead of its own ``±1/√H``.
+LSTM_GAIN = {"lstm+gain3": 3.0}
+MODELS = ("lstm", *LSTM_GAIN, *CANDIDATES)
 
 
 # --------------------------------------------------------------------------- data
@@ -232,10 +228,11 @@ class Classifier(nn.Module):
         self.rnn: nn.Module
         if model.startswith("lstm"):
             self.rnn = nn.LSTM(n_in, HIDDEN, num_layers=LAYERS, batch_first=True)
-            with torch.no_grad():
-                for name, parameter in self.rnn.named_parameters():
-                    if name.startswith("weight"):  # drawn in ±1/√H: now ±g/√H
-                        parameter.mul_(INIT_GAIN.get(model, 1.0))
+            if model in LSTM_GAIN:
+                with torch.no_grad():
+                    for name, parameter in self.rnn.named_parameters():
+                        if name.startswith("weight"):  # drawn in ±1/√H: now ±g/√H
+                            parameter.mul_(LSTM_GAIN[model])
             width = HIDDEN
             self.prior = None
         else:
@@ -245,8 +242,7 @@ class Classifier(nn.Module):
                 HIDDEN,
                 num_layers=LAYERS,
                 boundary=[factory() for _ in range(LAYERS)],
-                layer_norm=model in LAYER_NORM,
-                init_gain=INIT_GAIN.get(model, DEFAULT_INIT_GAIN),
+                **HMRNN_OPTIONS.get(model, {}),
             )
             width = self.rnn.output_size
             self.prior = None if target is None else BoundaryRatePrior(list(target), weight)

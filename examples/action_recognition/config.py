@@ -18,7 +18,9 @@ is refused with its dotted name::
     hidden_size = 1024     # units per layer
     num_layers = 3
     dropout = 0.0          # on the classifier's input
-    layer_norm = false           # (not for lstm_soft; nor are the boundary keys below)
+    layer_norm = false           # (not for lstm_soft; nor are the keys below)
+    init_gain = 3.0              # weights uniform in +-init_gain/sqrt(hidden_size)
+                                 #   (stochrnn's HM-RNN default; 1: torch.nn.LSTM's)
     boundary = "gumbel_sigmoid"  # learnt boundaries (Eq. 10-11); controls, which take no
                                  #   other boundary key: "always" (every boundary 1) or
                                  #   "update" (every layer UPDATEs: a stacked LSTM)
@@ -110,6 +112,7 @@ ATTENTION_KEYS: dict[str, tuple[str, ...]] = {
 #: Keys of the ``[model]`` table that only the HM-AN variants take.
 HMRNN_KEYS = (
     "layer_norm",
+    "init_gain",
     "boundary",
     "boundary_temperature",
     "boundary_prior_weight",
@@ -139,6 +142,11 @@ class ModelConfig:
 
     Attributes
     ----------
+    init_gain:
+        The recurrent layers' weights are drawn uniform in
+        :math:`\\pm g/\\sqrt{H}` (biases in :math:`\\pm 1/\\sqrt{H}`), in the
+        learnt-boundary variants and in both controls alike (``init_gain`` of
+        :class:`stochrnn.HMRNN`; 3 its default, 1 :class:`torch.nn.LSTM`'s range).
     boundary:
         ``"gumbel_sigmoid"``: boundaries drawn by Gumbel-sigmoid at
         ``boundary_temperature`` (Eq. 10-11). Two controls with nothing learnt
@@ -158,6 +166,7 @@ class ModelConfig:
     num_layers: int
     dropout: float
     layer_norm: bool | None = None
+    init_gain: float | None = None
     boundary: Literal["gumbel_sigmoid", "always", "update"] | None = None
     boundary_temperature: float | None = None
     boundary_prior_weight: float | None = None
@@ -343,6 +352,7 @@ _SECTIONS: dict[str, dict[str, Check]] = {
         "num_layers": _positive_int,
         "dropout": _probability,
         "layer_norm": _bool,
+        "init_gain": _positive_finite,
         "boundary": _one_of(*BOUNDARIES),
         "boundary_temperature": _positive_finite,
         "boundary_prior_weight": _non_negative_finite,
@@ -526,6 +536,7 @@ def example_config(variant: Variant = "gumbel_hard") -> dict[str, Any]:
         "num_layers": 3,
         "dropout": 0.0,
         "layer_norm": False,
+        "init_gain": 3.0,
         "boundary": "gumbel_sigmoid",
         "boundary_temperature": 0.3,
         "boundary_prior_weight": 0.0,

@@ -53,6 +53,7 @@ from stochrnn import (
 )
 from stochrnn.attention import doubly_stochastic_penalty
 from stochrnn.estimators import Estimator, TemperatureLike
+from stochrnn.hmrnn.cell import DEFAULT_INIT_GAIN
 
 from .config import Config
 
@@ -392,6 +393,12 @@ class StackedLSTMHMAN(_AttendedLSTMStack):
         On the classifier's input.
     penalty:
         :math:`\lambda` of the doubly stochastic penalty (0: none).
+    init_gain:
+        The cells' weights are drawn uniform in :math:`\pm g/\sqrt{H}` (their
+        biases in :class:`torch.nn.LSTMCell`'s :math:`\pm 1/\sqrt{H}`), as
+        :class:`stochrnn.HMRNN` draws its layers' with the same ``init_gain``, so
+        that this control differs from HM-AN in its boundaries only; 1 leaves
+        :class:`torch.nn.LSTMCell`'s range.
     """
 
     query_layer = 0
@@ -405,8 +412,13 @@ class StackedLSTMHMAN(_AttendedLSTMStack):
         num_classes: int,
         dropout: float = 0.0,
         penalty: float = 0.0,
+        init_gain: float = DEFAULT_INIT_GAIN,
     ) -> None:
         super().__init__(attention, feature_size, hidden_size, num_layers, "h^1")
+        with torch.no_grad():  # nn.LSTMCell's draws, in a range init_gain times as wide
+            for cell in self.cells:
+                cell.weight_ih.mul_(init_gain)
+                cell.weight_hh.mul_(init_gain)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(num_layers * hidden_size, num_classes)
         self.penalty = penalty
@@ -508,7 +520,7 @@ def _build(config: Config, num_classes: int, feature_shape: Sequence[int]) -> Ac
             model.dropout,
             penalty,
         )
-    assert model.layer_norm is not None
+    assert model.layer_norm is not None and model.init_gain is not None
     if model.boundary == "update":
         return StackedLSTMHMAN(
             attention,
@@ -518,6 +530,7 @@ def _build(config: Config, num_classes: int, feature_shape: Sequence[int]) -> Ac
             num_classes,
             model.dropout,
             penalty,
+            model.init_gain,
         )
     boundaries: list[Estimator]
     prior = None
@@ -538,6 +551,7 @@ def _build(config: Config, num_classes: int, feature_shape: Sequence[int]) -> Ac
         model.num_layers,
         boundary=boundaries,
         layer_norm=model.layer_norm,
+        init_gain=model.init_gain,
         boundary_prior=prior,  # explicit: None when the config has none (not the default)
     )
     return HMAN(attention, rnn, num_classes, model.dropout, penalty)

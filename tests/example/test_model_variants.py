@@ -171,6 +171,31 @@ def test_always_control_fires_every_boundary_and_has_nothing_to_learn_about_them
     assert loss_terms(model, out, labels, mask).boundary_prior.item() == 0.0
 
 
+@pytest.mark.parametrize("boundary", ["gumbel_sigmoid", "always", "update"])
+def test_init_gain_widens_the_recurrent_weights_alike_in_hman_and_its_controls(
+    boundary: str,
+) -> None:
+    fixed = {"boundary_temperature": None, "boundary_prior_weight": None}
+    keys = {"boundary": boundary, **(fixed if boundary != "gumbel_sigmoid" else {})}
+    models = {}
+    for gain in (1.0, 5.0):
+        torch.manual_seed(7)
+        models[gain] = _model("soft", init_gain=gain, **keys)
+    narrow, wide = models[1.0], models[5.0]
+    if boundary == "update":  # nn.LSTMCell's draws, the weights (not the biases) times the gain
+        pairs = [(c1, c5) for c1, c5 in zip(narrow.cells, wide.cells, strict=True)]
+        for c1, c5 in pairs:
+            torch.testing.assert_close(c5.weight_ih, 5.0 * c1.weight_ih)
+            torch.testing.assert_close(c5.weight_hh, 5.0 * c1.weight_hh)
+            torch.testing.assert_close(c5.bias_ih, c1.bias_ih)
+        return
+    for l1, l5 in zip(narrow.rnn.layers, wide.rnn.layers, strict=True):
+        bound = 1.0 / l1.hidden_size**0.5
+        assert (l1.init_gain, l5.init_gain) == (1.0, 5.0)
+        assert l1.weight.abs().max() <= bound < l5.weight.abs().max() <= 5.0 * bound
+        assert l5.bias.abs().max() <= bound
+
+
 def test_update_control_is_an_lstm_stack_that_hman_would_be_if_every_layer_updated() -> None:
     torch.manual_seed(5)
     model = _model("soft", boundary="update", boundary_temperature=None, boundary_prior_weight=None)

@@ -17,6 +17,7 @@ from examples.action_recognition.config import (
     parse_config,
 )
 from examples.action_recognition.train import write_config
+from stochrnn.hmrnn.cell import DEFAULT_INIT_GAIN
 
 CONFIGS = Path(__file__).parents[2] / "examples" / "action_recognition" / "configs"
 
@@ -41,6 +42,9 @@ def test_paper_settings(dataset: str) -> None:
             assert config.model.boundary == "gumbel_sigmoid"
             assert config.model.boundary_temperature == 0.3
             assert config.model.boundary_prior_weight == 0.0  # the paper's objective alone
+            assert config.model.init_gain == DEFAULT_INIT_GAIN  # (the paper gives none)
+        else:
+            assert config.model.init_gain is None  # the baseline keeps nn.LSTMCell's range
         if variant == "gumbel_hard":
             assert config.attention.temperature == 0.3
 
@@ -97,6 +101,8 @@ def test_unknown_or_missing_key_is_named(edit: Callable[[Document], None], messa
         ("train", "amp", 1, "'train.amp': expected true or false, got 1"),
         ("model", "boundary", "sometimes", "'model.boundary': expected one of"),
         ("model", "boundary_prior_weight", -1.0, "'model.boundary_prior_weight': expected a fin"),
+        ("model", "init_gain", 0, "'model.init_gain': expected a number > 0, got 0"),
+        ("model", "init_gain", math.inf, "'model.init_gain': expected a finite number > 0, got"),
     ],
 )
 def test_bad_value_is_named_with_the_value(
@@ -105,6 +111,13 @@ def test_bad_value_is_named_with_the_value(
     document = example_config("gumbel_hard")
     document[section][key] = value
     with pytest.raises(ValueError, match=message):
+        parse_config(document)
+
+
+def test_lstm_baseline_takes_no_init_gain() -> None:
+    document = example_config("lstm_soft")
+    document["model"]["init_gain"] = 3.0
+    with pytest.raises(ValueError, match=r"unknown config key 'model\.init_gain'"):
         parse_config(document)
 
 

@@ -32,6 +32,7 @@ torch.Size([])
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
@@ -414,6 +415,8 @@ class StackedLSTMHMAN(_AttendedLSTMStack):
         penalty: float = 0.0,
         init_gain: float = DEFAULT_INIT_GAIN,
     ) -> None:
+        if not (isinstance(init_gain, (int, float)) and 0 < init_gain < math.inf):
+            raise ValueError(f"init_gain must be a finite number > 0, got {init_gain!r}")
         super().__init__(attention, feature_size, hidden_size, num_layers, "h^1")
         with torch.no_grad():  # nn.LSTMCell's draws, in a range init_gain times as wide
             for cell in self.cells:

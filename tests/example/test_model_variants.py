@@ -196,6 +196,13 @@ def test_init_gain_widens_the_recurrent_weights_alike_in_hman_and_its_controls(
         assert l5.bias.abs().max() <= bound
 
 
+@pytest.mark.parametrize("gain", [0.0, -1.0, float("nan"), float("inf")])
+def test_update_control_refuses_a_bad_init_gain(gain: float) -> None:
+    model = _model("soft", boundary="update", boundary_temperature=None, boundary_prior_weight=None)
+    with pytest.raises(ValueError, match="init_gain must be a finite number > 0"):
+        StackedLSTMHMAN(model.attention, FEATURES, 16, 3, CLASSES, init_gain=gain)
+
+
 def test_update_control_is_an_lstm_stack_that_hman_would_be_if_every_layer_updated() -> None:
     torch.manual_seed(5)
     model = _model("soft", boundary="update", boundary_temperature=None, boundary_prior_weight=None)

@@ -183,8 +183,7 @@ def test_init_gain_widens_the_recurrent_weights_alike_in_hman_and_its_controls(
         models[gain] = _model("soft", init_gain=gain, **keys)
     narrow, wide = models[1.0], models[5.0]
     if boundary == "update":  # nn.LSTMCell's draws, the weights (not the biases) times the gain
-        pairs = [(c1, c5) for c1, c5 in zip(narrow.cells, wide.cells, strict=True)]
-        for c1, c5 in pairs:
+        for c1, c5 in zip(narrow.cells, wide.cells, strict=True):
             torch.testing.assert_close(c5.weight_ih, 5.0 * c1.weight_ih)
             torch.testing.assert_close(c5.weight_hh, 5.0 * c1.weight_hh)
             torch.testing.assert_close(c5.bias_ih, c1.bias_ih)

@@ -109,15 +109,12 @@ CANDIDATES: dict[str, tuple[Callable[[], nn.Module], tuple[float, ...] | None, f
         WEAK_PRIOR_WEIGHT,
     ),
 }
-# The default with each layer's weight drawn uniform in ±g/√H, gain g (HMRNN's init_gain;
-# the library's default is 3, gain 1 is nn.LSTM's range and was the default before).
+# The default with each layer's weight drawn uniform in ±g/√H, gain g (HMRNN's init_gain,
+# in HMRNN_OPTIONS below; the library's default is 3, gain 1 is nn.LSTM's range and was
+# the default before).
 CANDIDATES.update(
     {
-        f"hmrnn-gumbel0.3+weakprior+gain{g}": (
-            lambda: GumbelSigmoid(0.3),
-            WEAK_PRIOR_TARGET,
-            WEAK_PRIOR_WEIGHT,
-        )
+        f"hmrnn-gumbel0.3+weakprior+gain{g}": CANDIDATES["hmrnn-gumbel0.3+weakprior"]
         for g in (1, 2, 4)
     }
 )

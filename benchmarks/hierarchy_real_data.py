@@ -82,7 +82,8 @@ CANDIDATES: dict[str, tuple[Callable[[], nn.Module], tuple[float, ...] | None, f
     ),
     # A higher temperature (smoother pathwise gradients; the same hard draws).
     "hmrnn-gumbel1+weakprior": (lambda: GumbelSigmoid(1.0), WEAK_PRIOR_TARGET, WEAK_PRIOR_WEIGHT),
-    # The same weight, a higher target: more UPDATE/FLUSH steps, fewer COPY.
+    # The same weight, a higher target: more UPDATE/FLUSH steps, fewer COPY. HMRNN's
+    # default prior since 2026-12-03 (the weak prior's target, 0.3, before).
     "hmrnn-gumbel0.3+weakprior0.5": (
         lambda: GumbelSigmoid(0.3),
         HIGH_PRIOR_TARGET,
@@ -101,7 +102,7 @@ CANDIDATES: dict[str, tuple[Callable[[], nn.Module], tuple[float, ...] | None, f
         LOW_PRIOR_TARGET,
         WEAK_PRIOR_WEIGHT,
     ),
-    # The default with HMRNN(layer_norm=True): each layer's pre-activation normalised
+    # The weak prior with HMRNN(layer_norm=True): each layer's pre-activation normalised
     # (Chung et al.'s HM-LSTM used layer norm), on the per-step path.
     "hmrnn-gumbel0.3+weakprior+ln": (
         lambda: GumbelSigmoid(0.3),
@@ -109,7 +110,7 @@ CANDIDATES: dict[str, tuple[Callable[[], nn.Module], tuple[float, ...] | None, f
         WEAK_PRIOR_WEIGHT,
     ),
 }
-# The default with each layer's weight drawn uniform in ±g/√H, gain g (HMRNN's init_gain,
+# The weak prior with each layer's weight drawn uniform in ±g/√H, gain g (HMRNN's init_gain,
 # in HMRNN_OPTIONS below; the library's default is 3, gain 1 is nn.LSTM's range and was
 # the default before).
 CANDIDATES.update(

@@ -12,9 +12,9 @@ scenarios:
 * ``layer 1``: layer 1 fires at rate ``r``, the layers above at a fixed rate
   (``--upper-rate``, 30%: where trained models settled on real data with the
   prior's target at 0.3, the default before 2026-12-03; with the default 0.5
-  they settle near 50%, ``--upper-rate 0.5``). Layer 2 then receives input (UPDATE) on a share ``r``
-  of the steps on which it does not FLUSH, and COPYs on the rest: the HM-RNN
-  paper's computational argument.
+  they settle near 50%: ``--upper-rate 0.5``). Layer 2 then receives input
+  (UPDATE) on a share ``r`` of the steps on which it does not FLUSH, and COPYs
+  on the rest: the HM-RNN paper's computational argument.
 * ``every layer``: every layer fires at rate ``r``, so every layer FLUSHes on a
   share ``r`` of its steps and layers 2..L COPY on ``(1 - r)²``. Here the work
   is flat from 60% to 100% (FLUSH rows are cheaper than UPDATE rows, and at

@@ -114,14 +114,19 @@ class HMRNN(nn.Module):
         A prior on the boundary rates, called as ``prior(out, rnn.boundaries,
         mask)``; :meth:`prior_loss` returns it for the training loss. ``"default"``:
         a fresh ``BoundaryRatePrior(0.5, weight=0.1)``
-        (:class:`~stochrnn.hierarchy.BoundaryRatePrior`), chosen on UCR/UEA
-        sets (the HM-RNN guide's measurements, 3-layer classifiers against a
-        same-size ``nn.LSTM``: within 2 points of it on all nine sets after 60
-        epochs and on all seven run for 150, each layer firing on 36–53% of steps,
-        none cut off; with target 0.3, the default before, more steps COPY but
-        PLAID falls 2.9 points under the LSTM at 150 epochs). ``None``: no prior (:meth:`prior_loss`
-        is 0). The prior acts only through :meth:`prior_loss`: a training loop
-        adds it to its loss, as it adds :meth:`surrogate_loss`.
+        (:class:`~stochrnn.hierarchy.BoundaryRatePrior`), chosen on UCR/UEA sets
+        (the HM-RNN guide's measurements, 3-layer classifiers against a same-size
+        ``nn.LSTM``: within 2 points of it on all nine sets after 60 epochs and on
+        all seven run for 150, each layer firing on 36–53% of steps, none cut off;
+        with target 0.3, the default before, more steps COPY but PLAID falls 2.9
+        points under the LSTM at 150 epochs). At this target it guards a layer's
+        rate against nearing 0 or 1 more than it shapes the hierarchy; give a
+        lower target for sparser boundaries. Its weight suits a loss of order 1
+        per sequence (a mean over steps); a loss summed over many steps needs a
+        larger one (the action-recognition example's, summed over a clip's
+        frames, uses 10). ``None``: no prior (:meth:`prior_loss` is 0). The prior
+        acts only through :meth:`prior_loss`: a training loop adds it to its
+        loss, as it adds :meth:`surrogate_loss`.
 
     Attributes
     ----------

@@ -25,8 +25,9 @@ is refused with its dotted name::
                                  #   other boundary key: "always" (every boundary 1) or
                                  #   "update" (every layer UPDATEs: a stacked LSTM)
     boundary_temperature = 0.3   # Gumbel-sigmoid tau of the boundaries
-    boundary_prior_weight = 0.0  # weight of the boundary-rate prior (0: none, as the paper)
-    boundary_prior_target = [0.2, 0.2, 0.2]  # its target rate per layer (only when weight > 0)
+    boundary_prior_weight = 10.0  # weight of the boundary-rate prior (0: none, the paper's
+                                  #   objective alone)
+    boundary_prior_target = [0.1, 0.1, 0.1]  # its target rate per layer (only when weight > 0)
 
     [attention]            # keys depend on the variant, see ATTENTION_KEYS
     scoring = "location"   # Eq. 12 (scores from h alone) or "additive"

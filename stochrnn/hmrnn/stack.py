@@ -124,9 +124,9 @@ class HMRNN(nn.Module):
         lower target for sparser boundaries. Its weight suits a loss of order 1
         per sequence (a mean over steps); a loss summed over many steps needs a
         larger one (the action-recognition example's, summed over a clip's
-        frames, uses 10). ``None``: no prior (:meth:`prior_loss` is 0). The prior
-        acts only through :meth:`prior_loss`: a training loop adds it to its
-        loss, as it adds :meth:`surrogate_loss`.
+        frames, uses 10, or 30 beside REINFORCE attention). ``None``: no prior
+        (:meth:`prior_loss` is 0). The prior acts only through :meth:`prior_loss`:
+        a training loop adds it to its loss, as it adds :meth:`surrogate_loss`.
 
     Attributes
     ----------

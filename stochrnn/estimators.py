@@ -462,12 +462,15 @@ class Estimator(nn.Module):
     def distribution(self, logits: Tensor) -> Distribution:
         """The discrete distribution of the hard sample given ``logits``.
 
-        Its parameters are in float64 for float64 logits and float32 otherwise.
+        Its parameters are in float64 for float64 logits and float32 otherwise. torch
+        validates them as :attr:`validate_args` says (on the CPU by default: the
+        check reads a value back from the device, which on a GPU waits for it).
         """
         a = logits.to(F.compute_dtype(logits.dtype))
+        check = self._should_validate(a)
         if self.family == "binary":
-            return Bernoulli(logits=a)
-        return OneHotCategorical(logits=a)
+            return Bernoulli(logits=a, validate_args=check)
+        return OneHotCategorical(logits=a, validate_args=check)
 
     def log_prob(self, logits: Tensor, value: Tensor) -> Tensor:
         """``log p(hard(value))`` in the dtype of ``logits``; relaxed values are discretised."""
@@ -697,7 +700,8 @@ class StraightThrough(Estimator):
 
     def distribution(self, logits: Tensor) -> Distribution:
         p = self.probs(logits)
-        return Bernoulli(probs=p if self.stochastic else (p > 0.5).to(p.dtype))
+        probs = p if self.stochastic else (p > 0.5).to(p.dtype)
+        return Bernoulli(probs=probs, validate_args=self._should_validate(p))
 
     def log_prob(self, logits: Tensor, value: Tensor) -> Tensor:
         if not self.stochastic:

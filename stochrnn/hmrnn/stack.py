@@ -35,6 +35,12 @@ DEFAULT_PRIOR_RATE = 0.5
 DEFAULT_PRIOR_WEIGHT = 0.1
 
 
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (never on a device autocast does not know,
+    such as ``meta``)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 class _GatedOutputEmbedding(nn.Module):
     r"""Chung et al.'s output module: :math:`h^e = \mathrm{ReLU}(\sum_l g^l W_l h^l)`,
     :math:`g^l = \sigma(w_l \cdot [h^1; \dots; h^L])`."""
@@ -131,9 +137,9 @@ class HMRNN(nn.Module):
     Attributes
     ----------
     skip_copy_rows:
-        ``True`` (default): when nothing is differentiated (``torch.no_grad()`` or
-        frozen weights), each row of a step computes only what its operation
-        reads: a row in COPY only its boundary logit, and (native CPU kernels) a
+        ``True`` (default): on the CPU, when nothing is differentiated
+        (``torch.no_grad()`` or frozen weights), each row of a step computes only
+        what its operation reads: a row in COPY only its boundary logit, and (native CPU kernels) a
         row in FLUSH every gate but the forget gate, a row in UPDATE below the top
         layer its gates from the weights without the layer above's part (whose
         input is 0 for it). Measured at (64, 60, 512, 512) on one thread
@@ -141,8 +147,10 @@ class HMRNN(nn.Module):
         boundary forced to fire at 10%, 30%, 60%, 100% and the layers above at 30%:
         0.88×, 0.91×, 0.99×, 1.00× an ``nn.LSTM``'s inference (every layer at 100%:
         1.03×), against about 1.4× without skipping; on two threads the ratios move
-        more with the host's load (the HM-RNN guide). ``False``:
-        every row computes every gate. Either way inference agrees with training mode
+        more with the host's load (the HM-RNN guide). ``False``, and on
+        any other device (choosing the rows there would wait for the device at
+        every layer and step, and no such forward can be captured in a CUDA
+        graph): every row computes every gate. Either way inference agrees with training mode
         to float rounding, not bitwise (the native kernel adds layer 1's input
         product inside each step's, and a COPY row's logit is a dot product), so
         a hard boundary within rounding of its threshold can come out otherwise;
@@ -360,7 +368,7 @@ class HMRNN(nn.Module):
                     raise ValueError(
                         f"state.{name}[{l}] is on {tensor.device} but x is on {x.device}"
                     )
-                if tensor.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+                if tensor.dtype != x.dtype and not _autocast_on(x.device.type):
                     raise TypeError(
                         f"state.{name}[{l}] has dtype {tensor.dtype} but x has {x.dtype}: "
                         f"convert the state (boundaries too: z is 0/1 in x's dtype)"
@@ -374,7 +382,7 @@ class HMRNN(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         weight = self.layers[0].weight
-        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        if x.dtype != weight.dtype and not _autocast_on(x.device.type):
             raise TypeError(
                 f"x has dtype {x.dtype} but the model's parameters are {weight.dtype}: "
                 f"convert one (x.to({weight.dtype}) or model.to({x.dtype}))"
@@ -457,7 +465,7 @@ class HMRNN(nn.Module):
         """
         if not self.fused or self.compile_step or self.layers[0].norm is not None:
             return None
-        if torch.is_autocast_enabled(device_type):
+        if _autocast_on(device_type):
             return None
         rules = [boundary_rule(est) for est in self.boundaries]
         if any(rule is None for rule in rules):
@@ -566,7 +574,9 @@ class HMRNN(nn.Module):
             hidden, z, logits = results[:3]
             cells = list(results[3 : 3 + L])
         else:
-            out = run_inference(raw, replace(config, skip_copy=self.skip_copy_rows))
+            # Choosing rows on an accelerator would wait for it at every layer and step.
+            skip = self.skip_copy_rows and steps_first.device.type == "cpu"
+            out = run_inference(raw, replace(config, skip_copy=skip))
             hidden, z, logits, cells = out.hidden, out.z, out.logits, out.cells
         self._check_logits(logits, mask)
         log_prob = torch.stack(

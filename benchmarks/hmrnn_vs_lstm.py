@@ -13,8 +13,11 @@ timings of all rounds are pooled. Wall time (median and minimum) and process CPU
 time are reported: on a shared machine the CPU time is the steadier.
 
 Rows: ``lstm`` (``torch.nn.LSTM``, oneDNN/cuDNN kernels), ``hmrnn`` (default
-``GumbelSigmoid(0.3)`` boundaries) and, with ``--compile``, ``hmrnn-compiled``
-(``compile_step=True``; compilation happens during at least 3 warm-up iterations).
+``GumbelSigmoid(0.3)`` boundaries), with ``--compile``, ``hmrnn-compiled``
+(``compile_step=True``; compilation happens during at least 3 warm-up iterations)
+and, with ``--cuda-graph`` (CUDA only), ``hmrnn-graph``: the default model's whole
+iteration captured in a CUDA graph after 3 warm-up iterations and replayed (its
+gradients zeroed inside the graph; no peak memory: the graph holds its own pool).
 
 The HM-LSTM does more matrix work than an LSTM of the same sizes: its middle
 layers multiply three inputs (bottom-up, recurrent, top-down) instead of two,
@@ -25,7 +28,7 @@ LSTM's (``matmul ratio`` in the table).
 Examples (from the repository root)::
 
     python benchmarks/hmrnn_vs_lstm.py --sizes small,target --out benchmarks/results/
-    python benchmarks/hmrnn_vs_lstm.py --sizes target,paper --device cuda --compile
+    python benchmarks/hmrnn_vs_lstm.py --sizes target,paper --device cuda --compile --cuda-graph
 
 Results go to ``<out>/hmrnn_vs_lstm_<device>[-<N>-threads].json`` and ``.md``.
 """
@@ -43,6 +46,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -69,7 +73,7 @@ SIZES = {
     "target": Size(64, 60, 512, 512, 3),  # target: ratio <= 1.5, memory <= 1.5
     "paper": Size(64, 60, 2048, 1024, 3),  # HM-AN: 60 frames, 2048-d features, 3 x 1024
 }
-MODELS = ("lstm", "hmrnn", "hmrnn-compiled")
+MODELS = ("lstm", "hmrnn", "hmrnn-compiled", "hmrnn-graph")
 
 
 def matmul_flops(model: str, size: Size) -> int:
@@ -97,6 +101,26 @@ def iteration(model: nn.Module, x: Tensor) -> None:
     out = model(x)
     output = out.output if isinstance(out, tuple) and hasattr(out, "output") else out[0]
     output.sum().backward()
+
+
+def captured(model: nn.Module, x: Tensor) -> Callable[[], None]:
+    """The replay of one iteration captured in a CUDA graph, after 3 warm-up iterations on
+    a side stream (as capture requires); the gradients are zeroed inside the graph."""
+
+    def step() -> None:
+        model.zero_grad(set_to_none=False)
+        iteration(model, x)
+
+    stream = torch.cuda.Stream(x.device)
+    stream.wait_stream(torch.cuda.current_stream(x.device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream(x.device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
 
 
 def synchronize(device: torch.device) -> None:
@@ -134,18 +158,23 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     size, device = Size(*job["size"]), torch.device(job["device"])
     model = build(job["model"], size).to(device)
     x = torch.randn(size.batch, size.steps, size.input, device=device)
-    compiled = job["model"] == "hmrnn-compiled"
-    memory = None if compiled else peak_memory_mib(model, x, device)
+    compiled, graphed = job["model"] == "hmrnn-compiled", job["model"] == "hmrnn-graph"
+    memory = None if compiled or graphed else peak_memory_mib(model, x, device)
     for _ in range(job["warmup"]):
         iteration(model, x)
     if compiled and device.type == "cuda":  # on CPU compilation's own peak hides it
         memory = peak_memory_mib(model, x, device)
+    replay = captured(model, x) if graphed else None
     walls, cpus = [], []
     for _ in range(job["repeats"]):
-        model.zero_grad(set_to_none=True)
+        if replay is None:
+            model.zero_grad(set_to_none=True)
         synchronize(device)
         wall, cpu = time.perf_counter(), time.process_time()
-        iteration(model, x)
+        if replay is None:
+            iteration(model, x)
+        else:
+            replay()
         synchronize(device)
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
@@ -269,6 +298,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--compile", action="store_true", help="add HMRNN(compile_step=True)")
+    parser.add_argument(
+        "--cuda-graph", action="store_true", help="add HMRNN's iteration replayed as a CUDA graph"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument(
@@ -279,6 +311,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.repeats < 1:
         parser.error("--rounds and --repeats must be at least 1")
+    if args.cuda_graph and torch.device(args.device).type != "cuda":
+        parser.error("--cuda-graph needs --device cuda")
     unknown = set(args.sizes.split(",")) - set(SIZES)
     if unknown:
         parser.error(f"unknown sizes {sorted(unknown)}; choose from {list(SIZES)}")
@@ -288,7 +322,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     device = torch.device(args.device)
-    models = [m for m in MODELS if args.compile or m != "hmrnn-compiled"]
+    models = [
+        m
+        for m in MODELS
+        if (args.compile or m != "hmrnn-compiled") and (args.cuda_graph or m != "hmrnn-graph")
+    ]
     context = multiprocessing.get_context("spawn")
     rows = []
     for name in args.sizes.split(","):

@@ -139,23 +139,23 @@ class HMRNN(nn.Module):
     skip_copy_rows:
         ``True`` (default): on the CPU, when nothing is differentiated
         (``torch.no_grad()`` or frozen weights), each row of a step computes only
-        what its operation reads: a row in COPY only its boundary logit, and (native CPU kernels) a
-        row in FLUSH every gate but the forget gate, a row in UPDATE below the top
-        layer its gates from the weights without the layer above's part (whose
-        input is 0 for it). Measured at (64, 60, 512, 512) on one thread
-        (``benchmarks/hmrnn_sparsity.py``, a 2-core Xeon with AVX-512), layer 1's
-        boundary forced to fire at 10%, 30%, 60%, 100% and the layers above at 30%:
-        0.88×, 0.91×, 0.99×, 1.00× an ``nn.LSTM``'s inference (every layer at 100%:
-        1.03×), against about 1.4× without skipping; on two threads the ratios move
-        more with the host's load (the HM-RNN guide). ``False``, and on
-        any other device (choosing the rows there would wait for the device at
-        every layer and step, and no such forward can be captured in a CUDA
-        graph): every row computes every gate. Either way inference agrees with training mode
-        to float rounding, not bitwise (the native kernel adds layer 1's input
-        product inside each step's, and a COPY row's logit is a dot product), so
-        a hard boundary within rounding of its threshold can come out otherwise;
-        and a skipped block's zeros are not multiplied, so an infinite state there
-        does not turn into NaN as it does when every row computes everything.
+        what its operation reads: a row in COPY only its boundary logit, and
+        (native CPU kernels) a row in FLUSH every gate but the forget gate, a row
+        in UPDATE below the top layer its gates from the weights without the layer
+        above's part (whose input is 0 for it). Measured at (64, 60, 512, 512) on
+        one thread (``benchmarks/hmrnn_sparsity.py``, a 2-core Xeon with AVX-512),
+        layer 1's boundary forced to fire at 10%, 30%, 60%, 100% and the layers
+        above at 30%: 0.88×, 0.91×, 0.99×, 1.00× an ``nn.LSTM``'s inference (every
+        layer at 100%: 1.03×), against about 1.4× without skipping; on two threads
+        the ratios move more with the host's load (the HM-RNN guide). ``False``,
+        and on any other device (choosing the rows there would wait for the device
+        at every layer and step): every row computes every gate. Either way
+        inference agrees with training mode to float rounding, not bitwise (the
+        native kernel adds layer 1's input product inside each step's, and a COPY
+        row's logit is a dot product), so a hard boundary within rounding of its
+        threshold can come out otherwise; and a skipped block's zeros are not
+        multiplied, so an infinite state there does not turn into NaN as it does
+        when every row computes everything.
 
     Notes
     -----

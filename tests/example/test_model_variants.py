@@ -51,6 +51,35 @@ def test_variant_forward_backward_reaches_every_parameter(variant: str) -> None:
     assert missing == []
 
 
+CONTROLS = {"boundary_temperature": None, "boundary_prior_weight": None}
+PRIOR = {"boundary_prior_weight": 10.0, "boundary_prior_target": [0.1, 0.1, 0.1]}
+
+
+@pytest.mark.parametrize(
+    ("variant", "model_keys"),
+    [
+        *((variant, {} if variant == "lstm_soft" else PRIOR) for variant in VARIANTS),
+        ("soft", {"boundary": "always", **CONTROLS}),
+        ("soft", {"boundary": "update", **CONTROLS}),
+    ],
+    ids=[*VARIANTS, "control-always", "control-update"],
+)
+def test_training_step_reads_no_value_back(variant: str, model_keys: dict[str, object]) -> None:
+    """Forward, loss and backward on the ``meta`` device, whose tensors have no values: a
+    read on the host (``.item()``, a check in an ``if``) or a value-dependent shape raises,
+    as each would wait for a GPU and stop a CUDA-graph capture (tests/test_no_host_sync.py)."""
+    model = _model(variant, **model_keys).to("meta")
+    features = torch.randn(BATCH, STEPS, REGIONS, FEATURES, device="meta")
+    mask = torch.ones(BATCH, STEPS, dtype=torch.bool, device="meta")
+    labels = torch.zeros(BATCH, dtype=torch.long, device="meta")
+    out = model(features, mask)
+    loss_terms(model, out, labels, mask).total.backward()
+    assert out.logits.shape == (BATCH, STEPS, CLASSES)
+    assert all(p.grad is not None for p in model.parameters())
+    has_prior = isinstance(model, HMAN) and model.rnn.boundary_prior is not None
+    assert has_prior == (model_keys is PRIOR)  # the prior's Bernoulli was once a host read
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_boundaries_exist_exactly_for_hman(variant: str) -> None:
     model = _model(variant)

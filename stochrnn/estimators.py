@@ -360,11 +360,11 @@ class Estimator(nn.Module):
     Parameters
     ----------
     validate_args:
-        Checks of the logits (NaN, a scalar for a categorical estimator):
-        ``None`` (default) checks tensors on the CPU only, where it is cheap (on
-        an accelerator the NaN check would wait for the device at every call);
-        ``True`` checks everywhere; ``False`` never. Checks are skipped under
-        ``torch.compile``.
+        Checks of the logits (NaN, a scalar for a categorical estimator), and
+        torch's own check of :meth:`distribution`: ``None`` (default) checks
+        tensors on the CPU only, where it is cheap (on an accelerator the NaN
+        check would wait for the device at every call); ``True`` checks
+        everywhere; ``False`` never. Checks are skipped under ``torch.compile``.
     eval_mode:
         What the estimator returns in evaluation mode (``est.eval()``, or a parent
         module's): ``"sample"`` (default) draws as in training; ``"mode"`` returns
@@ -464,7 +464,9 @@ class Estimator(nn.Module):
 
         Its parameters are in float64 for float64 logits and float32 otherwise. torch
         validates them as :attr:`validate_args` says (on the CPU by default: the
-        check reads a value back from the device, which on a GPU waits for it).
+        check reads a value back from the device, which on a GPU waits for it), but
+        for the categorical family torch's ``OneHotCategorical`` checks its inner
+        ``Categorical`` whatever it is told.
         """
         a = logits.to(F.compute_dtype(logits.dtype))
         check = self._should_validate(a)

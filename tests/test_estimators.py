@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -368,6 +369,25 @@ def test_integer_logits_are_a_type_error() -> None:
 def test_validation_can_be_switched_off() -> None:
     est = GumbelSigmoid(validate_args=False)
     assert est(torch.tensor([float("nan")])).value.shape == (1,)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        GumbelSigmoid,
+        lambda **kw: StraightThrough(stochastic=True, **kw),
+        lambda **kw: Reinforce(categorical=False, **kw),
+    ],
+    ids=["gumbel-sigmoid", "straight-through", "reinforce"],
+)
+def test_distribution_is_validated_as_the_estimator_says(make: Callable[..., Estimator]) -> None:
+    """torch's own check of a binary estimator's distribution follows ``validate_args`` (on
+    the CPU by default): off, nothing reads the values, as on a GPU, where it would wait."""
+    nan = torch.tensor([[0.0, float("nan")]])
+    with pytest.raises(ValueError, match="nan"):
+        make().distribution(nan)
+    dist = make(validate_args=False).distribution(nan)
+    assert dist.batch_shape[0] == 1
 
 
 def test_reinforce_refuses_a_baseline_that_is_not_one() -> None:

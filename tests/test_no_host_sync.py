@@ -34,29 +34,51 @@ from stochrnn import (
 META = torch.device("meta")
 HIDDEN = 8
 
-BOUNDARIES: dict[str, Callable[[], Estimator | None]] = {
-    "defaults": lambda: None,
+BOUNDARIES: dict[str, Callable[[], Estimator]] = {
     "straight-through": StraightThrough,
     "straight-through-stochastic": lambda: StraightThrough(stochastic=True),
     "gumbel-hard": lambda: GumbelSigmoid(0.5),
     "gumbel-soft": lambda: GumbelSigmoid(0.5, hard=False),
+    "reinforce": lambda: Reinforce(categorical=False),
+    # without a closed form (boundary_rule): the per-step path only
     "gumbel-learnt-temperature": lambda: GumbelSigmoid(LearnedTemperature()),
     "gumbel-annealed-temperature": lambda: GumbelSigmoid(AnnealedTemperature()),
     "gumbel-adaptive-temperature": lambda: GumbelSigmoid(AdaptiveTemperature(HIDDEN)),
-    "reinforce": lambda: Reinforce(categorical=False),
+}
+PER_STEP_ONLY = {
+    "gumbel-learnt-temperature",
+    "gumbel-annealed-temperature",
+    "gumbel-adaptive-temperature",
 }
 
 
-def hmrnn(boundary: str, **options: object) -> HMRNN:
-    est = BOUNDARIES[boundary]()
-    chosen = {} if est is None else {"boundary": [est, *(BOUNDARIES[boundary]() for _ in "ab")]}
+def hmrnn(boundary: str | None, **options: object) -> HMRNN:
+    """A 3-layer HMRNN on ``meta`` with ``boundary``'s estimator in every layer (``None``:
+    the library's defaults)."""
+    chosen = {} if boundary is None else {"boundary": [BOUNDARIES[boundary]() for _ in range(3)]}
     return HMRNN(6, HIDDEN, num_layers=3, **chosen, **options).to(META)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "per-step"])
-@pytest.mark.parametrize("boundary", list(BOUNDARIES))
-def test_hmrnn_training_steps_read_nothing_back(boundary: str, fused: bool) -> None:
+PATHS = [
+    (None, True),
+    (None, False),
+    *(
+        (name, fused)
+        for name in BOUNDARIES
+        for fused in (True, False)
+        if not (fused and name in PER_STEP_ONLY)
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("boundary", "fused"),
+    PATHS,
+    ids=[f"{name or 'defaults'}-{'fused' if fused else 'per-step'}" for name, fused in PATHS],
+)
+def test_hmrnn_training_steps_read_nothing_back(boundary: str | None, fused: bool) -> None:
     rnn = hmrnn(boundary, fused=fused, dropout=0.1)
+    assert (rnn._fused_config(META.type) is not None) == fused  # the path the id names
     x = torch.randn(4, 4, 6, device=META)
     mask = torch.ones(4, 4, dtype=torch.bool, device=META)
     state = None
@@ -82,8 +104,8 @@ def test_hmrnn_layer_norm_and_output_embedding_read_nothing_back() -> None:
     assert y.shape == (4, 5)
 
 
-@pytest.mark.parametrize("boundary", ["defaults", "gumbel-hard", "reinforce"])
-def test_hmrnn_inference_off_the_cpu_computes_every_row(boundary: str) -> None:
+@pytest.mark.parametrize("boundary", [None, "gumbel-hard", "reinforce"])
+def test_hmrnn_inference_off_the_cpu_computes_every_row(boundary: str | None) -> None:
     """Skipping rows in COPY needs their indices on the host: only on the CPU."""
     rnn = hmrnn(boundary)
     assert rnn.skip_copy_rows

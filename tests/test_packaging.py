@@ -68,7 +68,7 @@ def test_wheel_metadata_states_the_supported_versions(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         metadata = archive.read(f"stochrnn-{VERSION}.dist-info/METADATA").decode()
     assert "Requires-Python: >=3.10" in metadata.splitlines()
-    assert "Requires-Dist: torch>=2.2" in metadata.splitlines()
+    assert "Requires-Dist: torch>=2.4" in metadata.splitlines()
 
 
 def test_sdist_holds_the_project_metadata_and_sources(dist: Path) -> None:

@@ -149,13 +149,13 @@ class HMRNN(nn.Module):
         layer at 100%: 1.03×), against about 1.4× without skipping; on two threads
         the ratios move more with the host's load (the HM-RNN guide). ``False``,
         and on any other device (choosing the rows there would wait for the device
-        at every layer and step): every row computes every gate. Either way
-        inference agrees with training mode to float rounding, not bitwise (the
-        native kernel adds layer 1's input product inside each step's, and a COPY
-        row's logit is a dot product), so a hard boundary within rounding of its
-        threshold can come out otherwise; and a skipped block's zeros are not
-        multiplied, so an infinite state there does not turn into NaN as it does
-        when every row computes everything.
+        at every step of each layer above the first): every row computes every
+        gate. Either way inference agrees with training mode to float rounding,
+        not bitwise (the native kernel adds layer 1's input product inside each
+        step's, and a COPY row's logit is a dot product), so a hard boundary
+        within rounding of its threshold can come out otherwise; and a skipped
+        block's zeros are not multiplied, so an infinite state there does not
+        turn into NaN as it does when every row computes everything.
 
     Notes
     -----
@@ -574,7 +574,7 @@ class HMRNN(nn.Module):
             hidden, z, logits = results[:3]
             cells = list(results[3 : 3 + L])
         else:
-            # Choosing rows on an accelerator would wait for it at every layer and step.
+            # Choosing rows on an accelerator would wait for it at each step of layers 2..L.
             skip = self.skip_copy_rows and steps_first.device.type == "cpu"
             out = run_inference(raw, replace(config, skip_copy=skip))
             hidden, z, logits, cells = out.hidden, out.z, out.logits, out.cells

@@ -17,7 +17,8 @@ Rows: ``lstm`` (``torch.nn.LSTM``, oneDNN/cuDNN kernels), ``hmrnn`` (default
 (``compile_step=True``; compilation happens during at least 3 warm-up iterations)
 and, with ``--cuda-graph`` (CUDA only), ``hmrnn-graph``: the default model's whole
 iteration captured in a CUDA graph after 3 warm-up iterations and replayed (its
-gradients zeroed inside the graph; no peak memory: the graph holds its own pool).
+gradients zeroed inside the graph, so inside the timing, where the other rows zero
+theirs before it; no peak memory: the graph holds its own pool).
 
 The HM-LSTM does more matrix work than an LSTM of the same sizes: its middle
 layers multiply three inputs (bottom-up, recurrent, top-down) instead of two,
@@ -104,22 +105,24 @@ def iteration(model: nn.Module, x: Tensor) -> None:
 
 
 def captured(model: nn.Module, x: Tensor) -> Callable[[], None]:
-    """The replay of one iteration captured in a CUDA graph, after 3 warm-up iterations on
-    a side stream (as capture requires); the gradients are zeroed inside the graph."""
+    """The replay of one iteration captured in a CUDA graph on ``x``'s device, after 3
+    warm-up iterations on a side stream (as capture requires); the gradients are zeroed
+    inside the graph."""
 
     def step() -> None:
         model.zero_grad(set_to_none=False)
         iteration(model, x)
 
-    stream = torch.cuda.Stream(x.device)
-    stream.wait_stream(torch.cuda.current_stream(x.device))
-    with torch.cuda.stream(stream):
-        for _ in range(3):
+    with torch.cuda.device(x.device):  # capture runs on the current device's streams
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
             step()
-    torch.cuda.current_stream(x.device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
     return graph.replay
 
 
@@ -164,17 +167,14 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         iteration(model, x)
     if compiled and device.type == "cuda":  # on CPU compilation's own peak hides it
         memory = peak_memory_mib(model, x, device)
-    replay = captured(model, x) if graphed else None
+    run = captured(model, x) if graphed else (lambda: iteration(model, x))
     walls, cpus = [], []
     for _ in range(job["repeats"]):
-        if replay is None:
+        if not graphed:
             model.zero_grad(set_to_none=True)
         synchronize(device)
         wall, cpu = time.perf_counter(), time.process_time()
-        if replay is None:
-            iteration(model, x)
-        else:
-            replay()
+        run()
         synchronize(device)
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)

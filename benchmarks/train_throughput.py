@@ -20,9 +20,9 @@ take ``videos x frames x 200 kB``, 0.8 GB by default). A reduced scale on a CPU:
 
     PYTHONPATH=. python benchmarks/train_throughput.py --scale cpu
 
-Results go to ``benchmarks/results/train_throughput_<device>.md`` and ``.json``
-(``--no-save`` to only print). The files were just written, so the data loader
-reads them from the page cache.
+Results go to ``<out>/train_throughput_<device>.md`` and ``.json``, ``--out``
+``benchmarks/results`` by default (``--no-save`` to only print). The feature files
+were just written, so the data loader reads them from the page cache.
 """
 
 from __future__ import annotations
@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="iterations not measured")
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the tables")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     if args.threads:
@@ -168,8 +169,8 @@ def main() -> None:
     }
     if args.no_save:
         return
-    RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"train_throughput_{device_slug(args.device)}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"train_throughput_{device_slug(args.device)}"
     stem.with_suffix(".json").write_text(
         json.dumps({"setup": setup, "results": rows}, indent=1) + "\n"
     )

@@ -6,7 +6,10 @@ anything that reads a value on the host raises there: ``.item()``, ``bool(t)``,
 operation whose output shape depends on values (``nonzero``, boolean indexing).
 On a GPU each of these waits for the device and makes a step impossible to
 capture in a CUDA graph. A forward and backward that run on ``meta`` are free of
-both; ``tests/test_cuda.py`` captures and replays steps wherever a GPU exists.
+both. They also run under :class:`~tests.one_device.OneDevice`, which fails on any
+tensor handed to an operator from the host (a host-to-device copy, or a 0-dim host
+tensor read as a number, which a CUDA graph would replay with its value at capture).
+``tests/test_cuda.py`` captures and replays steps wherever a GPU exists.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from stochrnn import (
     SoftAttention,
     StraightThrough,
 )
+from tests.one_device import OneDevice
 
 META = torch.device("meta")
 HIDDEN = 8
@@ -83,14 +87,15 @@ def test_hmrnn_training_steps_read_nothing_back(boundary: str | None, fused: boo
     mask = torch.ones(4, 4, dtype=torch.bool, device=META)
     state = None
     for _ in range(2):  # the second chunk starts from the first's state
-        out = rnn(x, state, mask=mask)
-        reward = -out.output.pow(2).mean(dim=(1, 2)).detach()
-        loss = (
-            out.output.pow(2).mean()
-            + rnn.prior_loss(out, mask)
-            + rnn.surrogate_loss(out.layer_log_prob, reward)
-        )
-        loss.backward()
+        with OneDevice(META):
+            out = rnn(x, state, mask=mask)
+            reward = -out.output.pow(2).mean(dim=(1, 2)).detach()
+            loss = (
+                out.output.pow(2).mean()
+                + rnn.prior_loss(out, mask)
+                + rnn.surrogate_loss(out.layer_log_prob, reward)
+            )
+            loss.backward()
         assert out.output.device == META and out.output.shape == (4, 4, 3 * HIDDEN)
         state = out.state.detach()
     assert all(p.grad is not None for p in rnn.parameters() if p.requires_grad)
@@ -98,9 +103,10 @@ def test_hmrnn_training_steps_read_nothing_back(boundary: str | None, fused: boo
 
 def test_hmrnn_layer_norm_and_output_embedding_read_nothing_back() -> None:
     rnn = hmrnn("gumbel-hard", layer_norm=True, output_embedding_size=5)
-    out = rnn(torch.randn(4, 4, 6, device=META))
-    (out.output.sum() + rnn.prior_loss(out)).backward()
-    y, _ = rnn.step(torch.randn(4, 6, device=META))
+    with OneDevice(META):
+        out = rnn(torch.randn(4, 4, 6, device=META))
+        (out.output.sum() + rnn.prior_loss(out)).backward()
+        y, _ = rnn.step(torch.randn(4, 6, device=META))
     assert y.shape == (4, 5)
 
 
@@ -110,9 +116,9 @@ def test_hmrnn_inference_off_the_cpu_computes_every_row(boundary: str | None) ->
     rnn = hmrnn(boundary)
     assert rnn.skip_copy_rows
     x = torch.randn(4, 4, 6, device=META)
-    with torch.no_grad():
+    with torch.no_grad(), OneDevice(META):
         assert rnn(x).output.shape == (4, 4, 3 * HIDDEN)
-    with torch.inference_mode():
+    with torch.inference_mode(), OneDevice(META):
         assert rnn.eval()(x).output.shape == (4, 4, 3 * HIDDEN)
 
 
@@ -131,11 +137,12 @@ def test_hmrnn_inference_off_the_cpu_computes_every_row(boundary: str | None) ->
 def test_attention_training_steps_read_nothing_back(make: Callable[[], torch.nn.Module]) -> None:
     att = make().to(META)
     features = torch.randn(3, 6, 4, 9, device=META)
-    out = att(features, torch.randn(3, 6, 5, device=META))
-    loss = out.context.sum()
-    if hasattr(att, "surrogate_loss"):
-        loss = loss + att.surrogate_loss(out.log_prob, torch.randn(3, device=META))
-    loss.backward()
+    with OneDevice(META):
+        out = att(features, torch.randn(3, 6, 5, device=META))
+        loss = out.context.sum()
+        if hasattr(att, "surrogate_loss"):
+            loss = loss + att.surrogate_loss(out.log_prob, torch.randn(3, device=META))
+        loss.backward()
     assert out.context.shape == (3, 6, 9)
 
 
@@ -146,3 +153,29 @@ def test_a_host_read_fails_here() -> None:
         bool(torch.isnan(t).any())
     with pytest.raises((RuntimeError, NotImplementedError)):
         t.nonzero()
+
+
+def test_a_host_tensor_fails_here() -> None:
+    """The other check: a host tensor handed to an operator raises, forward or backward."""
+    t = torch.ones(3, device=META, requires_grad=True)
+    with OneDevice(META), pytest.raises(AssertionError, match="off meta"):
+        t * torch.tensor(2.0)  # a 0-dim host tensor, read as a number at capture
+    with OneDevice(META), pytest.raises(AssertionError, match="off meta"):
+        torch.ones(3).to(META)  # a host-to-device copy
+    y = _HostTensorInBackward.apply(t)
+    with OneDevice(META), pytest.raises(AssertionError, match="off meta"):
+        y.sum().backward()
+
+
+class _HostTensorInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def setup_context(ctx: object, inputs: object, output: object) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return grad * torch.tensor(2.0)

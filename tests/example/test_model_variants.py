@@ -15,6 +15,7 @@ from examples.action_recognition.model import (
     loss_terms,
 )
 from stochrnn import HMRNN, BoundaryRatePrior
+from tests.one_device import OneDevice
 
 REGIONS, FEATURES, CLASSES, BATCH, STEPS = 9, 4, 5, 3, 6
 
@@ -74,8 +75,9 @@ def test_training_step_reads_no_value_back(
     features = torch.randn(BATCH, STEPS, REGIONS, FEATURES, device="meta")
     mask = torch.ones(BATCH, STEPS, dtype=torch.bool, device="meta")
     labels = torch.zeros(BATCH, dtype=torch.long, device="meta")
-    out = model(features, mask)
-    loss_terms(model, out, labels, mask).total.backward()
+    with OneDevice("meta"):  # nor a host tensor handed to the device (tests/one_device.py)
+        out = model(features, mask)
+        loss_terms(model, out, labels, mask).total.backward()
     assert out.logits.shape == (BATCH, STEPS, CLASSES)
     assert all(p.grad is not None for p in model.parameters())
     has_prior = isinstance(model, HMAN) and model.rnn.boundary_prior is not None

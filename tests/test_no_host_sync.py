@@ -155,6 +155,18 @@ def test_a_host_read_fails_here() -> None:
         t.nonzero()
 
 
+class _HostTensorInBackward(torch.autograd.Function):
+    """The identity, whose backward multiplies by a host tensor."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return grad * torch.tensor(2.0)
+
+
 def test_a_host_tensor_fails_here() -> None:
     """The other check: a host tensor handed to an operator raises, forward or backward."""
     t = torch.ones(3, device=META, requires_grad=True)
@@ -165,17 +177,3 @@ def test_a_host_tensor_fails_here() -> None:
     y = _HostTensorInBackward.apply(t)
     with OneDevice(META), pytest.raises(AssertionError, match="off meta"):
         y.sum().backward()
-
-
-class _HostTensorInBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return x.clone()
-
-    @staticmethod
-    def setup_context(ctx: object, inputs: object, output: object) -> None:
-        pass
-
-    @staticmethod
-    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
-        return grad * torch.tensor(2.0)
